@@ -1,0 +1,3 @@
+from paramctl.cli import main
+
+main()

@@ -1,0 +1,192 @@
+"""PyTorch checkpoints written by `torch.save`: the zip archive (torch >= 1.6) and the legacy pre-1.6 stream.
+
+Zip layout (torch/serialization.py `_save`): `<archive>/data.pkl` is the pickled object; each storage is the
+stored record `<archive>/data/<key>`, named by the persistent id `('storage', StorageClass, key, location, numel)`;
+`<archive>/byteorder` says `little` or `big` when present (absent means little).
+
+Legacy layout (`_legacy_save`): five pickles in a row (magic number, protocol version, sys info, the object with
+persistent ids `('storage', StorageClass, key, location, numel, view_metadata)`, the sorted list of storage keys),
+then for each key in that order an int64 little-endian element count followed by the storage's raw bytes.
+"""
+
+from __future__ import annotations
+
+import zipfile
+from typing import Any
+
+from paramctl.errors import CorruptFileError
+from paramctl.loaders.unpickler import PickleError, StorageRef, StorageType, Unpickler
+from paramctl.probe import Probe
+from paramctl.tree import ByteRange, Storage, Stream, TooDeepError, Tree, flatten, layout_problem
+
+MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
+PROTOCOL_VERSION = 1001
+_MAX_PICKLE = 1 << 30  # a data.pkl beyond 1 GiB is not a checkpoint's metadata
+
+
+class TorchLoader:
+    name = "torch"
+    description = "PyTorch torch.save files: zip archives (.pt .pth .bin .ckpt) and the legacy pre-1.6 format"
+
+    def sniff(self, probe: Probe) -> bool:
+        if probe.is_zip:
+            return _archive_prefix(probe) is not None
+        return _is_legacy(probe.head)
+
+    def load(self, probe: Probe) -> Tree:
+        try:
+            tree = _load_zip(probe) if probe.is_zip else _load_legacy(probe)
+        except PickleError as error:
+            raise CorruptFileError(probe.name, str(error)) from None
+        except TooDeepError as error:
+            raise CorruptFileError(probe.name, str(error)) from None
+        for name, tensor in tree.tensors():
+            if problem := layout_problem(tensor):
+                raise CorruptFileError(probe.name, f"tensor {name or '<root>'}: {problem}")
+        return tree
+
+
+LOADER = TorchLoader()
+
+
+def _archive_prefix(probe: Probe) -> str | None:
+    """The `<archive>/` folder holding data.pkl (any name: torch uses the file's stem, or `archive`)."""
+    for name in probe.zip_names:
+        if name.endswith("data.pkl") and name.count("/") <= 1:
+            prefix = name[: -len("data.pkl")]
+            if prefix in ("", f"{prefix.rstrip('/')}/"):
+                return prefix
+    return None
+
+
+def _storage_pid(pid: Any, fields: int, file: str) -> tuple[StorageType, str, str, int]:
+    """Validate a persistent id `('storage', StorageClass, key, location, numel, ...)`."""
+    if not (isinstance(pid, tuple) and len(pid) == fields and pid[0] == "storage"):
+        raise CorruptFileError(file, f"unexpected persistent id in the pickle: {pid!r:.100}")
+    _, storage_type, key, location, numel = pid[:5]
+    if not isinstance(storage_type, StorageType):
+        raise CorruptFileError(file, f"persistent id names {storage_type!r:.80}, not a torch storage class")
+    if not isinstance(key, str) or not isinstance(location, str) or type(numel) is not int or numel < 0:
+        raise CorruptFileError(file, f"malformed storage record: {pid!r:.100}")
+    return storage_type, key, location, numel
+
+
+def _load_zip(probe: Probe) -> Tree:
+    prefix = _archive_prefix(probe)
+    assert probe.zip is not None and prefix is not None
+    archive = probe.zip
+    members = {info.filename: info for info in archive.infolist()}
+
+    def member(name: str) -> zipfile.ZipInfo:
+        if prefix + name not in members:
+            raise CorruptFileError(probe.name, f"missing record {prefix + name!r}")
+        return members[prefix + name]
+
+    def member_bytes(name: str, limit: int) -> bytes:
+        info = member(name)
+        if info.file_size > limit:
+            raise CorruptFileError(probe.name, f"record {info.filename!r} claims {info.file_size} bytes")
+        if info.compress_type == zipfile.ZIP_STORED:
+            return probe.source.read(probe.member_data_offset(info), info.file_size)
+        with archive.open(info) as stream:
+            return stream.read(limit + 1)[:limit]
+
+    byteorder = "little"
+    if prefix + "byteorder" in members:
+        byteorder = member_bytes("byteorder", 16).decode("ascii", "replace").strip()
+        if byteorder not in ("little", "big"):
+            raise CorruptFileError(probe.name, f"byteorder record says {byteorder!r}")
+    storages: dict[str, Storage] = {}
+
+    def persistent_load(pid: Any) -> StorageRef:
+        storage_type, key, location, numel = _storage_pid(pid, 5, probe.name)
+        if key not in storages:
+            itemsize = storage_type.dtype.itemsize if storage_type.dtype else 1
+            info = member(f"data/{key}")
+            nbytes = numel * itemsize
+            if info.file_size < nbytes:
+                raise CorruptFileError(
+                    probe.name, f"record {info.filename!r} has {info.file_size} bytes, the storage needs {nbytes}"
+                )
+            storages[key] = Storage(key, nbytes, _member_data(probe, archive, info, nbytes), location, byteorder)
+        return StorageRef(storages[key], storage_type.dtype)
+
+    obj = Unpickler(member_bytes("data.pkl", _MAX_PICKLE), persistent_load).load()
+    metadata: dict[str, Any] = {"archive": prefix.rstrip("/"), "byteorder": byteorder}
+    if prefix + ".data/version" in members:
+        metadata["version"] = member_bytes(".data/version", 64).decode("ascii", "replace").strip()
+    return Tree(probe.name, "torch-zip", flatten(obj), metadata)
+
+
+def _member_data(probe: Probe, archive: zipfile.ZipFile, info: zipfile.ZipInfo, nbytes: int) -> ByteRange | Stream:
+    if info.compress_type == zipfile.ZIP_STORED:
+        return ByteRange(probe.source, probe.member_data_offset(info), nbytes)
+    return Stream(lambda: archive.open(info), nbytes)
+
+
+def _is_legacy(head: bytes) -> bool:
+    try:
+        return Unpickler(head[:64], _no_persistent_ids).load() == MAGIC_NUMBER
+    except PickleError:
+        return False
+
+
+def _no_persistent_ids(pid: Any) -> Any:
+    raise PickleError(f"unexpected persistent id {pid!r:.80}")
+
+
+def _load_legacy(probe: Probe) -> Tree:
+    data = probe.source.view(0, probe.source.size)
+    position = 0
+
+    def next_pickle(persistent_load: Any = _no_persistent_ids) -> Any:
+        nonlocal position
+        unpickler = Unpickler(data, persistent_load, start=position)
+        value = unpickler.load()
+        position = unpickler.end
+        return value
+
+    if next_pickle() != MAGIC_NUMBER:
+        raise CorruptFileError(probe.name, "not a legacy torch file: bad magic number")
+    version = next_pickle()
+    if version != PROTOCOL_VERSION:
+        raise CorruptFileError(probe.name, f"legacy torch protocol version {version!r:.40} is not {PROTOCOL_VERSION}")
+    sys_info = next_pickle()
+    storages: dict[str, tuple[Storage, int]] = {}  # key -> (storage, itemsize of its records)
+
+    def persistent_load(pid: Any) -> StorageRef:
+        storage_type, key, location, numel = _storage_pid(pid, 6, probe.name)
+        itemsize = storage_type.dtype.itemsize if storage_type.dtype else 1
+        if key not in storages:
+            storages[key] = (Storage(key, numel * itemsize, None, location), itemsize)
+        view = pid[5]
+        if view is None:
+            return StorageRef(storages[key][0], storage_type.dtype)
+        # A storage view (torch < 0.4): (view_key, element offset, element count) into the root storage.
+        if not (isinstance(view, tuple) and len(view) == 3 and all(type(v) is int for v in view[1:])):
+            raise CorruptFileError(probe.name, f"malformed storage view record: {view!r:.100}")
+        return StorageRef(storages[key][0], storage_type.dtype, element_offset=view[1])
+
+    obj = next_pickle(persistent_load)
+    keys = next_pickle()
+    if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+        raise CorruptFileError(probe.name, "the legacy storage key list is not a list of strings")
+    for key in keys:
+        if key not in storages:
+            raise CorruptFileError(probe.name, f"storage {key!r} is listed but no tensor refers to it")
+        storage, itemsize = storages[key]
+        probe.source.check_range(position, 8, f"the size of storage {key!r}")
+        numel = int.from_bytes(probe.source.read(position, 8), "little", signed=True)
+        nbytes = numel * itemsize
+        if numel < 0 or nbytes < storage.nbytes:
+            raise CorruptFileError(
+                probe.name, f"storage {key!r} records {numel} elements, needs {storage.nbytes} bytes"
+            )
+        probe.source.check_range(position + 8, nbytes, f"storage {key!r}")
+        storage.data = ByteRange(probe.source, position + 8, nbytes)
+        position += 8 + nbytes
+    missing = [key for key, (storage, _) in storages.items() if storage.data is None]
+    if missing:
+        raise CorruptFileError(probe.name, f"storage {missing[0]!r} has no data record")
+    metadata = {"protocol_version": version, "sys_info": sys_info if isinstance(sys_info, dict) else None}
+    return Tree(probe.name, "torch-legacy", flatten(obj), metadata)

@@ -1,0 +1,104 @@
+"""Which loader reads a file: built-ins from a table, third-party ones from the `paramctl.loaders` entry points.
+
+The format is chosen by content (each loader's `sniff`), never by the extension. Built-ins are imported only when
+asked, and entry points are consulted only when no built-in recognises a file (or to list them), so a common
+`paramctl ls` pays for neither.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import warnings
+from dataclasses import dataclass
+from typing import Protocol
+
+from paramctl.errors import FileError, UnknownFormatError, UsageError
+from paramctl.probe import Probe
+from paramctl.source import FileSource
+from paramctl.tree import Tree
+
+ENTRY_POINT_GROUP = "paramctl.loaders"
+
+# name -> module holding a `LOADER`; sniffed in this order.
+BUILTIN_LOADERS = {
+    "safetensors": "paramctl.loaders.safetensors",
+    "torch": "paramctl.loaders.pytorch",
+    "npz": "paramctl.loaders.npz",
+}
+
+
+class Loader(Protocol):
+    """A format plugin: `sniff` says "mine" (never raises for a file that is not), `load` builds the tree."""
+
+    name: str
+    description: str
+
+    def sniff(self, probe: Probe) -> bool: ...
+
+    def load(self, probe: Probe) -> Tree: ...
+
+
+@dataclass(frozen=True)
+class LoaderInfo:
+    name: str
+    description: str
+    origin: str  # "built-in", or the entry point's value
+
+
+def _builtin(name: str) -> Loader:
+    return importlib.import_module(BUILTIN_LOADERS[name]).LOADER  # type: ignore[no-any-return]
+
+
+def _plugins() -> dict[str, tuple[Loader, str]]:
+    """Third-party loaders; one that fails to import is a warning, not a crash."""
+    from importlib.metadata import entry_points
+
+    found: dict[str, tuple[Loader, str]] = {}
+    for entry in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            loader = entry.load()
+            found[loader.name] = (loader, entry.value)
+        except Exception as error:  # a broken plugin must not break paramctl
+            warnings.warn(f"loader plugin {entry.name!r} ({entry.value}) failed to load: {error}", stacklevel=2)
+    return found
+
+
+def loaders() -> list[LoaderInfo]:
+    """Every available loader, built-ins first."""
+    result = [LoaderInfo(name, _builtin(name).description, "built-in") for name in BUILTIN_LOADERS]
+    for name, (loader, origin) in _plugins().items():
+        if name not in BUILTIN_LOADERS:
+            result.append(LoaderInfo(name, loader.description, origin))
+    return result
+
+
+def open(path: str | os.PathLike[str], format: str | None = None) -> Tree:  # noqa: A001 - the public verb
+    """Read a checkpoint's tree: headers only, no tensor data. `format` forces a loader by name."""
+    source = FileSource(path)
+    if source.size == 0:
+        raise FileError(source.name, "empty file")
+    probe = Probe(source)
+    if format is not None:
+        return _named(format).load(probe)
+    tried = []
+    for name in BUILTIN_LOADERS:
+        loader = _builtin(name)
+        tried.append(name)
+        if loader.sniff(probe):
+            return loader.load(probe)
+    for name, (loader, _) in _plugins().items():
+        tried.append(name)
+        if loader.sniff(probe):
+            return loader.load(probe)
+    raise UnknownFormatError(source.name, f"unrecognised format (tried: {', '.join(tried)})")
+
+
+def _named(name: str) -> Loader:
+    if name in BUILTIN_LOADERS:
+        return _builtin(name)
+    plugins = _plugins()
+    if name in plugins:
+        return plugins[name][0]
+    known = ", ".join([*BUILTIN_LOADERS, *plugins])
+    raise UsageError(f"unknown format {name!r} (known: {known})")
