@@ -73,7 +73,7 @@ def loaders() -> list[LoaderInfo]:
     return result
 
 
-def open(path: str | os.PathLike[str], format: str | None = None) -> Tree:  # noqa: A001 - the public verb
+def open(path: str | os.PathLike[str], format: str | None = None) -> Tree:
     """Read a checkpoint's tree: headers only, no tensor data. `format` forces a loader by name."""
     source = FileSource(path)
     if source.size == 0:
