@@ -1,0 +1,65 @@
+"""Reference readings for tests: a file seen through torch, safetensors and NumPy, and paramctl's view to compare."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import paramctl
+from paramctl import reader
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = ROOT / "fixtures"
+
+
+def raw_bytes(values: np.ndarray) -> bytes:
+    """Row-major bytes of an array of any dtype (bfloat16 and float8 included)."""
+    return np.ascontiguousarray(values).tobytes()
+
+
+def torch_bytes(tensor: Any) -> bytes:
+    """Row-major bytes of a torch tensor of any dtype."""
+    import torch
+
+    flat = tensor.detach().reshape(-1).clone(memory_format=torch.contiguous_format)  # fresh strides for view()
+    return flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b""
+
+
+def torch_dtype_name(tensor: Any) -> str:
+    return str(tensor.dtype).removeprefix("torch.")
+
+
+def paramctl_tensors(path: Path) -> dict[str, tuple[str, tuple[int, ...], bytes, int]]:
+    """name -> (dtype, shape, bytes, storage identity) as paramctl reads the file."""
+    tree = paramctl.open(path)
+    return {name: (t.dtype.name, t.shape, raw_bytes(reader.array(t)), id(t.storage)) for name, t in tree.tensors()}
+
+
+def reference_flatten(obj: Any, prefix: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The documented naming rule, written independently: dict keys split on '.', list indices; tensors and
+    plain values (scalars, and lists/tuples of scalars) are leaves."""
+    import torch
+
+    out: dict[str, Any] = {}
+    scalars = (int, float, str, bool, bytes, complex, type(None))
+    if isinstance(obj, torch.Tensor):
+        out[".".join(prefix)] = obj
+    elif isinstance(obj, dict) and obj:
+        for key, value in obj.items():
+            out.update(reference_flatten(value, prefix + tuple(str(key).split("."))))
+    elif isinstance(obj, (list, tuple)) and obj and not all(isinstance(x, scalars) for x in obj):
+        for index, value in enumerate(obj):
+            out.update(reference_flatten(value, (*prefix, str(index))))
+    else:
+        out[".".join(prefix)] = obj
+    return out
+
+
+def sharing_groups(identities: dict[str, Any]) -> set[frozenset[str]]:
+    """Names grouped by a storage identity, keeping only groups of two or more."""
+    groups: dict[Any, set[str]] = {}
+    for name, identity in identities.items():
+        groups.setdefault(identity, set()).add(name)
+    return {frozenset(g) for g in groups.values() if len(g) > 1}
