@@ -191,7 +191,7 @@ class Unpickler:
     """
 
     def __init__(self, data: bytes | memoryview, persistent_load: Callable[[Any], Any], start: int = 0) -> None:
-        self.data = memoryview(data).cast("B") if not isinstance(data, bytes) else data
+        self.data = memoryview(data).cast("B") if isinstance(data, memoryview) else data
         self.pos = start
         self.end = start
         self.persistent_load = persistent_load
