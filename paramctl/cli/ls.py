@@ -8,7 +8,7 @@ import typer
 
 from paramctl.cli.app import FormatOption, JsonOption, app
 from paramctl.cli.errors import fail, handles_errors
-from paramctl.cli.render import console, human_bytes, print_json, shape_text, text
+from paramctl.cli.render import emit, human_bytes, print_json, shape_text, text
 from paramctl.ops.listing import SORT_KEYS, Listing, Outline, TensorRow, ValueRow, list_tree, outline
 from paramctl.ops.ties import ANCHOR, TRANSPOSED
 from paramctl.registry import open as open_tree
@@ -67,7 +67,6 @@ def _totals_line(listing: Listing) -> str:
 def _print_table(listing: Listing) -> None:
     from rich.table import Table
 
-    out = console()
     table = Table(box=None, pad_edge=False, header_style="bold")
     for column, justify in (
         ("name", "left"),
@@ -88,11 +87,8 @@ def _print_table(listing: Listing) -> None:
             human_bytes(t.nbytes),
             text(_tie_text(row)),
         )
-    if listing.tensors:
-        out.print(table)
-    for value_row in listing.values:
-        out.print(text(f"{value_row.name or '<root>'} = {_value_text(value_row)}"))
-    out.print(_totals_line(listing))
+    values = [text(f"{row.name or '<root>'} = {_value_text(row)}") for row in listing.values]
+    emit(*([table] if listing.tensors else []), *values, _totals_line(listing))
 
 
 def _value_text(row: ValueRow) -> str:
@@ -107,7 +103,6 @@ def _print_outline(listing: Listing, depth: int | None) -> None:
     from rich.tree import Tree as RichTree
 
     root = outline(listing)
-    out = console()
     top = RichTree(text(f"{listing.file}  {root.numel:,} params"), guide_style="dim")
 
     def add(parent: Any, node: Outline, level: int) -> None:
@@ -118,8 +113,7 @@ def _print_outline(listing: Listing, depth: int | None) -> None:
                 add(branch, child, level + 1)
 
     add(top, root, 1)
-    out.print(top)
-    out.print(_totals_line(listing))
+    emit(top, _totals_line(listing))
 
 
 def _outline_label(node: Outline, folded: bool) -> Any:

@@ -23,6 +23,19 @@ def console() -> Any:
     return Console(highlight=False, width=1_000_000, no_color=True, soft_wrap=True)
 
 
+def emit(*renderables: Any) -> None:
+    """Print rich renderables (tables, trees, text); piped output loses rich's trailing padding."""
+    out = console()
+    if sys.stdout.isatty():
+        for renderable in renderables:
+            out.print(renderable)
+        return
+    with out.capture() as captured:
+        for renderable in renderables:
+            out.print(renderable)
+    sys.stdout.write("".join(line.rstrip() + "\n" for line in captured.get().splitlines()))
+
+
 def text(value: str, style: str | None = None) -> Any:
     """File-controlled text as a rich Text: escaped, and never parsed as markup."""
     from rich.text import Text
