@@ -91,6 +91,19 @@ class Chunk:
             data.source.release(first, (self.stop - self.start) * itemsize)
 
 
+def release(tensor: Tensor) -> None:
+    """Drop the pages under a tensor's whole extent once it is processed, whatever its layout (stored data only).
+
+    For strided reads (a column slab of a matrix) that `Chunk.release` cannot cover; pages still in use elsewhere
+    are simply read back from the page cache.
+    """
+    data = tensor.storage.data
+    first, end = tensor.extent
+    if isinstance(data, ByteRange) and end > first:
+        itemsize = tensor.dtype.itemsize
+        data.source.release(data.offset + first * itemsize, (end - first) * itemsize)
+
+
 def plan(tensor: Tensor, chunk_elements: int | None = None) -> list[Chunk] | None:
     """Independent row-major chunks of at most `chunk_elements`, or None for data that can only be streamed."""
     if isinstance(tensor.storage.data, Stream):

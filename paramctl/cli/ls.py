@@ -8,7 +8,7 @@ import typer
 
 from paramctl.cli.app import FormatOption, JsonOption, app
 from paramctl.cli.errors import fail, handles_errors
-from paramctl.cli.render import emit, human_bytes, print_json, shape_text, text
+from paramctl.cli.render import console, human_bytes, print_json, shape_text, text
 from paramctl.ops.listing import SORT_KEYS, Listing, Outline, TensorRow, ValueRow, list_tree, outline
 from paramctl.ops.ties import ANCHOR, TRANSPOSED
 from paramctl.registry import open as open_tree
@@ -87,8 +87,12 @@ def _print_table(listing: Listing) -> None:
             human_bytes(t.nbytes),
             text(_tie_text(row)),
         )
-    values = [text(f"{row.name or '<root>'} = {_value_text(row)}") for row in listing.values]
-    emit(*([table] if listing.tensors else []), *values, _totals_line(listing))
+    out = console()
+    if listing.tensors:
+        out.print(table)
+    for row in listing.values:
+        out.print(text(f"{row.name or '<root>'} = {_value_text(row)}"))
+    out.print(_totals_line(listing))
 
 
 def _value_text(row: ValueRow) -> str:
@@ -113,7 +117,9 @@ def _print_outline(listing: Listing, depth: int | None) -> None:
                 add(branch, child, level + 1)
 
     add(top, root, 1)
-    emit(top, _totals_line(listing))
+    out = console()
+    out.print(top)
+    out.print(_totals_line(listing))
 
 
 def _outline_label(node: Outline, folded: bool) -> Any:

@@ -15,25 +15,37 @@ def print_json(obj: Any) -> None:
 
 
 def console() -> Any:
-    """A rich console on stdout. Piped output gets an unbounded width, so no column is ever cut."""
+    """A rich console on stdout. Piped output gets an unbounded width, so no column is ever cut, and loses rich's
+    trailing padding."""
     from rich.console import Console
 
     if sys.stdout.isatty():
         return Console(highlight=False)
-    return Console(highlight=False, width=1_000_000, no_color=True, soft_wrap=True)
+    return Console(file=_TrimmedLines(sys.stdout), highlight=False, width=1_000_000, no_color=True, soft_wrap=True)
 
 
-def emit(*renderables: Any) -> None:
-    """Print rich renderables (tables, trees, text); piped output loses rich's trailing padding."""
-    out = console()
-    if sys.stdout.isatty():
-        for renderable in renderables:
-            out.print(renderable)
-        return
-    with out.capture() as captured:
-        for renderable in renderables:
-            out.print(renderable)
-    sys.stdout.write("".join(line.rstrip() + "\n" for line in captured.get().splitlines()))
+class _TrimmedLines:
+    """A text stream that strips trailing spaces from every line it passes on."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+        self.pending = ""
+
+    def write(self, data: str) -> int:
+        lines = (self.pending + data).split("\n")
+        self.pending = lines.pop()
+        if lines:
+            self.stream.write("".join(line.rstrip() + "\n" for line in lines))
+        return len(data)
+
+    def flush(self) -> None:
+        if self.pending:
+            self.stream.write(self.pending.rstrip())
+            self.pending = ""
+        self.stream.flush()
+
+    def isatty(self) -> bool:
+        return False
 
 
 def text(value: str, style: str | None = None) -> Any:

@@ -8,7 +8,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from paramctl.ops.ties import Member, storage_groups, unique_numel
+from paramctl.ops.ties import Member, tie_members, unique_numel
 from paramctl.tree import Opaque, Path, Tensor, Tree, Value, name_of
 
 SORT_KEYS = ("file", "name", "numel", "size")
@@ -77,7 +77,7 @@ def list_tree(tree: Tree, filters: list[str] | None = None, sort: str = "file") 
     if sort not in SORT_KEYS:
         raise ValueError(f"sort must be one of {SORT_KEYS}")
     filters = filters or []
-    ties = {m.name: m for group in storage_groups(tree) for m in group.members if group.is_tie}
+    ties = tie_members(tree)
     listing = Listing(tree.file, tree.format, tree.metadata)
     kept = Tree(tree.file, tree.format)
     for path, leaf in tree.leaves:
