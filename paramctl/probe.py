@@ -1,16 +1,39 @@
-"""What loaders look at to decide whether a file is theirs: its first bytes, and its zip directory if it is a zip."""
+"""What loaders look at to decide whether a file is theirs: its first bytes, and its zip directory if it is a zip.
+
+Zip members are opened only through `open_member` / `read_member`, which check every size the archive claims
+against the bytes the file holds before anything is read or allocated, and turn whatever `zipfile` and `zlib`
+raise on damaged data into a CorruptFileError naming the file and the member.
+"""
 
 from __future__ import annotations
 
+import io
 import struct
 import zipfile
+import zlib
 from functools import cached_property
+from typing import BinaryIO
 
 from paramctl.errors import CorruptFileError
 from paramctl.source import ByteSource
 
 HEAD_SIZE = 4096
 _ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")  # a first local header, or the end record of an empty archive
+# Deflate cannot expand data more than 1032 times (RFC 1951: a 258-byte match costs at least 2 bits), so a member
+# that claims more than that (plus a little slack for tiny members) lies about its size.
+MAX_DEFLATE_RATIO = 1032
+_READ_ERRORS = (
+    zipfile.BadZipFile,
+    zipfile.LargeZipFile,
+    zlib.error,
+    EOFError,
+    OSError,
+    ValueError,
+    struct.error,
+    NotImplementedError,
+    RuntimeError,  # zipfile: "File is encrypted, password required"
+    OverflowError,
+)
 
 
 class Probe:
@@ -27,15 +50,24 @@ class Probe:
 
     @cached_property
     def zip(self) -> zipfile.ZipFile | None:
-        """The archive's directory (end records and central directory only), or None for a non-zip file."""
+        """The archive's directory (end records and central directory only), or None for a non-zip file.
+
+        Duplicate member names are refused: readers disagree on which copy wins (zipfile takes the last, torch's
+        miniz a binary search), which would let a file show one pickle to a scanner and another to torch."""
         if not self.is_zip:
             return None
         try:
-            return zipfile.ZipFile(self.source.open_stream())
-        except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError, struct.error) as error:
+            archive = zipfile.ZipFile(self.source.open_stream())
+        except (*_READ_ERRORS, IndexError, KeyError) as error:
             raise CorruptFileError(self.name, f"corrupt zip archive: {error}") from None
         except CorruptFileError as error:
             raise CorruptFileError(self.name, f"corrupt zip archive: {error.problem}") from None
+        names = archive.namelist()
+        if len(set(names)) != len(names):
+            seen: set[str] = set()
+            duplicate = next(n for n in names if n in seen or seen.add(n))  # type: ignore[func-returns-value]
+            raise CorruptFileError(self.name, f"zip member {duplicate!r} appears more than once")
+        return archive
 
     @cached_property
     def zip_names(self) -> list[str]:
@@ -43,10 +75,89 @@ class Probe:
 
     def member_data_offset(self, info: zipfile.ZipInfo) -> int:
         """Where a member's bytes start: its local header is 30 bytes plus its own name and extra field."""
-        header = self.source.read(info.header_offset, 30) if info.header_offset + 30 <= self.source.size else b""
+        header = self.source.read(info.header_offset, 30) if 0 <= info.header_offset <= self.source.size - 30 else b""
         if len(header) < 30 or header[:4] != b"PK\x03\x04":
             raise CorruptFileError(self.name, f"zip member {info.filename!r}: bad local header")
         name_length, extra_length = struct.unpack("<HH", header[26:30])
         offset = info.header_offset + 30 + name_length + extra_length
         self.source.check_range(offset, info.compress_size, f"zip member {info.filename!r}")
         return offset
+
+    def check_member(self, info: zipfile.ZipInfo) -> int:
+        """Validate a member before reading it; returns where its (compressed) bytes start.
+
+        Only stored and deflated members are read (torch's reader knows no other method, and bzip2 or LZMA can
+        inflate one small read into gigabytes). The compressed bytes must lie inside the file, a stored member's
+        size must equal its compressed size, and a deflated member cannot claim more than deflate can produce."""
+        if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+            raise CorruptFileError(
+                self.name, f"zip member {info.filename!r}: compression method {info.compress_type} is not supported"
+            )
+        if info.flag_bits & 0x1:
+            raise CorruptFileError(self.name, f"zip member {info.filename!r} is encrypted")
+        offset = self.member_data_offset(info)
+        if info.compress_type == zipfile.ZIP_STORED and info.file_size != info.compress_size:
+            raise CorruptFileError(
+                self.name,
+                f"zip member {info.filename!r}: stored with {info.compress_size} bytes but claims {info.file_size}",
+            )
+        if info.file_size > MAX_DEFLATE_RATIO * info.compress_size + 1024:
+            raise CorruptFileError(
+                self.name,
+                f"zip member {info.filename!r} claims {info.file_size} bytes from {info.compress_size} compressed "
+                f"(more than deflate can produce)",
+            )
+        return offset
+
+    def open_member(self, info: zipfile.ZipInfo) -> BinaryIO:
+        """A stream of a member's bytes (inflated as read, in bounded steps); damage surfaces as CorruptFileError."""
+        assert self.zip is not None
+        self.check_member(info)
+        try:
+            stream = self.zip.open(info)
+        except _READ_ERRORS as error:
+            raise CorruptFileError(self.name, f"zip member {info.filename!r}: {error}") from None
+        return _GuardedStream(stream, self.name, info.filename)  # type: ignore[return-value]
+
+    def read_member(self, info: zipfile.ZipInfo, limit: int) -> bytes:
+        """A whole member, refusing one that claims more than `limit` bytes; stored members are read in place."""
+        if info.file_size > limit:
+            raise CorruptFileError(self.name, f"zip member {info.filename!r} claims {info.file_size} bytes")
+        offset = self.check_member(info)
+        if info.compress_type == zipfile.ZIP_STORED:
+            return self.source.read(offset, info.file_size)
+        with self.open_member(info) as stream:
+            data = stream.read(info.file_size)
+        if len(data) != info.file_size:
+            raise CorruptFileError(
+                self.name, f"zip member {info.filename!r} holds {len(data)} bytes, not {info.file_size}"
+            )
+        return data
+
+
+class _GuardedStream(io.RawIOBase):
+    """A zip member stream whose read errors (a bad CRC, a corrupt deflate stream, a short member) become
+    CorruptFileError, so every command that streams data reports damage as bad input, never as a crash."""
+
+    def __init__(self, stream: BinaryIO, file: str, member: str) -> None:
+        self._stream, self._file, self._member = stream, file, member
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        try:
+            return self._stream.read(size)
+        except _READ_ERRORS as error:
+            raise CorruptFileError(self._file, f"zip member {self._member!r}: {error}") from None
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        data = self.read(len(buffer))
+        memoryview(buffer).cast("B")[: len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        try:
+            self._stream.close()
+        finally:
+            super().close()

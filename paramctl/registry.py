@@ -13,7 +13,7 @@ import warnings
 from dataclasses import dataclass
 from typing import Protocol
 
-from paramctl.errors import FileError, UnknownFormatError, UsageError
+from paramctl.errors import CorruptFileError, FileError, UnknownFormatError, UsageError
 from paramctl.probe import Probe
 from paramctl.source import FileSource
 from paramctl.tree import Tree
@@ -75,23 +75,38 @@ def loaders() -> list[LoaderInfo]:
 
 def open(path: str | os.PathLike[str], format: str | None = None) -> Tree:
     """Read a checkpoint's tree: headers only, no tensor data. `format` forces a loader by name."""
+    probe = probe_file(path)
+    loader = detect(probe, format)
+    try:
+        return loader.load(probe)
+    except (RecursionError, MemoryError) as error:  # hostile input exhausting a resource is bad input, not a bug
+        raise CorruptFileError(probe.name, f"too large or too deeply nested to read ({type(error).__name__})") from None
+
+
+def probe_file(path: str | os.PathLike[str]) -> Probe:
+    """A local file opened read-only for loaders to look at; the path itself is checked first (a directory, FIFO,
+    device, broken link or unreadable file is refused with a FileError naming it)."""
     source = FileSource(path)
     if source.size == 0:
         raise FileError(source.name, "empty file")
-    probe = Probe(source)
+    return Probe(source)
+
+
+def detect(probe: Probe, format: str | None = None) -> Loader:
+    """The loader for a file: the one named by `format`, else the first whose `sniff` recognises the content."""
     if format is not None:
-        return _named(format).load(probe)
+        return _named(format)
     tried = []
     for name in BUILTIN_LOADERS:
         loader = _builtin(name)
         tried.append(name)
         if loader.sniff(probe):
-            return loader.load(probe)
+            return loader
     for name, (loader, _) in _plugins().items():
         tried.append(name)
         if loader.sniff(probe):
-            return loader.load(probe)
-    raise UnknownFormatError(source.name, f"unrecognised format (tried: {', '.join(tried)})")
+            return loader
+    raise UnknownFormatError(probe.name, f"unrecognised format (tried: {', '.join(tried)})")
 
 
 def _named(name: str) -> Loader:

@@ -60,16 +60,18 @@ class FileSource(ByteSource):
             raise FileError(self.name, problem) from None
         except OSError as error:
             raise FileError(self.name, _os_problem(error)) from None
-        if stat.S_ISDIR(info.st_mode):
-            raise FileError(self.name, "is a directory")
-        if not stat.S_ISREG(info.st_mode):
-            raise FileError(self.name, "not a regular file (a device, FIFO or socket)")
+        _check_regular(self.name, info.st_mode)  # before opening: opening a FIFO would wait for a writer
+        # O_NONBLOCK: should the path be swapped for a FIFO after the stat, the open still returns at once (and the
+        # fstat below refuses it); O_NOCTTY: a terminal never becomes ours. Read-only: the file is never written.
+        flags = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
         try:
-            fd = os.open(self.name, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+            fd = os.open(self.name, flags)
         except OSError as error:
             raise FileError(self.name, _os_problem(error)) from None
         try:
-            self.size = os.fstat(fd).st_size
+            opened = os.fstat(fd)
+            _check_regular(self.name, opened.st_mode)
+            self.size = opened.st_size
             self._map = mmap.mmap(fd, 0, access=mmap.ACCESS_READ) if self.size else None
         except OSError as error:
             raise FileError(self.name, _os_problem(error)) from None
@@ -123,6 +125,29 @@ class _SourceReader(io.RawIOBase):
         memoryview(buffer).cast("B")[:n] = self._source.view(self._pos, n)
         self._pos += n
         return n
+
+    def read(self, size: int | None = -1) -> bytes:
+        """At most the bytes that are there: RawIOBase.read would first allocate `size` bytes, and zipfile asks
+        for sizes the archive claims (a lying compressed size must not become a 4 GiB buffer)."""
+        remaining = max(0, self._source.size - self._pos)
+        n = remaining if size is None or size < 0 else min(size, remaining)
+        data = self._source.read(self._pos, n)
+        self._pos += n
+        return data
+
+
+def _check_regular(name: str, mode: int) -> None:
+    """Only regular files are read: a directory, device (/dev/zero never ends), FIFO or socket is refused."""
+    if stat.S_ISREG(mode):
+        return
+    kinds = [
+        (stat.S_ISDIR, "is a directory"),
+        (stat.S_ISFIFO, "is a FIFO (named pipe), not a regular file"),
+        (stat.S_ISCHR, "is a character device, not a regular file"),
+        (stat.S_ISBLK, "is a block device, not a regular file"),
+        (stat.S_ISSOCK, "is a socket, not a regular file"),
+    ]
+    raise FileError(name, next((text for test, text in kinds if test(mode)), "not a regular file"))
 
 
 def _os_problem(error: OSError) -> str:

@@ -57,5 +57,6 @@ _CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0))}
 
 
 def escape(text: str) -> str:
-    """Control characters as `\\xNN`, so a file's names cannot move the cursor or recolour the terminal."""
-    return text.translate(_CONTROL)
+    """Control characters as `\\xNN`, so a file's names cannot move the cursor or recolour the terminal; lone
+    surrogates (a pickle can hold them) as `\\udcNN`, so the output stays valid UTF-8."""
+    return text.translate(_CONTROL).encode("utf-8", "backslashreplace").decode("utf-8")

@@ -10,8 +10,9 @@ from paramctl.cli.errors import escape
 
 
 def print_json(obj: Any) -> None:
-    json.dump(obj, sys.stdout, indent=2, ensure_ascii=False, allow_nan=False)
-    sys.stdout.write("\n")
+    """One JSON document, serialised whole before anything is written (an error never leaves half of one)."""
+    document = json.dumps(obj, indent=2, ensure_ascii=False, allow_nan=False)
+    sys.stdout.write(document.encode("utf-8", "backslashreplace").decode("utf-8") + "\n")
 
 
 def console() -> Any:

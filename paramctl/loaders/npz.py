@@ -15,6 +15,7 @@ from typing import Any, BinaryIO
 
 from paramctl import dtypes
 from paramctl.errors import CorruptFileError
+from paramctl.loaders.unpickler import INT64_MAX, PickleScan, scan_pickle, short_repr
 from paramctl.probe import Probe
 from paramctl.tree import ByteRange, Opaque, Storage, Stream, Tensor, Tree, contiguous_strides, split_key
 
@@ -35,32 +36,52 @@ class NpzLoader:
         return all(name.endswith(".npy") for name in names)
 
     def load(self, probe: Probe) -> Tree:
-        assert probe.zip is not None
         tree = Tree(probe.name, "npz")
-        for info in probe.zip.infolist():
+        for info in _archive(probe).infolist():
             path = split_key(info.filename[: -len(".npy")], "./")
-            if info.compress_type == zipfile.ZIP_STORED:
-                start = probe.member_data_offset(info)
-                header, header_size = _read_header(
-                    probe.name, info.filename, _SourceStream(probe, start, info.file_size)
-                )
-            else:
-                with _open_member(probe, info) as stream:
-                    header, header_size = _read_header(probe.name, info.filename, stream)
+            header, header_size = _member_header(probe, info)
             leaf = _leaf(probe, info, header, header_size)
             tree.leaves.append((path, leaf))
         return tree
 
+    def pickles(self, probe: Probe) -> list[PickleScan]:
+        """The pickles inside object-array members (`np.save(allow_pickle=True)` pickles the array after the
+        header), scanned without rebuilding anything (for `scan`); numeric members hold none."""
+        scans = []
+        for info in _archive(probe).infolist():
+            header, header_size = _member_header(probe, info)
+            if dtypes.from_npy_descr(header["descr"]) is not None:
+                continue
+            try:
+                data = probe.read_member(info, _MAX_OBJECT_PICKLE)
+            except CorruptFileError as error:
+                scans.append(PickleScan(info.filename, header_size, None, None, [], {}, set(), error.problem))
+                continue
+            scans.append(scan_pickle(data, info.filename, header_size))
+        return scans
+
 
 LOADER = NpzLoader()
+_MAX_OBJECT_PICKLE = 256 << 20  # an object array's pickle scanned whole, up to this size
+
+
+def _archive(probe: Probe) -> zipfile.ZipFile:
+    if probe.zip is None:  # only when the format is forced on a file that is not a zip
+        raise CorruptFileError(probe.name, "not an npz archive: not a zip file")
+    return probe.zip
+
+
+def _member_header(probe: Probe, info: zipfile.ZipInfo) -> tuple[dict[str, Any], int]:
+    """A member's `.npy` header, read in place when stored, else from the first inflated bytes only."""
+    if info.compress_type == zipfile.ZIP_STORED:
+        start = probe.check_member(info)
+        return _read_header(probe.name, info.filename, _SourceStream(probe, start, info.file_size))
+    with _open_member(probe, info) as stream:
+        return _read_header(probe.name, info.filename, stream)
 
 
 def _open_member(probe: Probe, info: zipfile.ZipInfo) -> BinaryIO:
-    assert probe.zip is not None
-    try:
-        return probe.zip.open(info)
-    except (zipfile.BadZipFile, NotImplementedError, OSError) as error:
-        raise CorruptFileError(probe.name, f"zip member {info.filename!r}: {error}") from None
+    return probe.open_member(info)
 
 
 class _SourceStream:
@@ -99,13 +120,16 @@ def _read_header(file: str, member: str, stream: Any) -> tuple[dict[str, Any], i
         raise CorruptFileError(file, f"member {member!r}: truncated .npy header")
     try:
         header = ast.literal_eval(text.decode("utf-8" if major == 3 else "latin1"))
-    except (ValueError, SyntaxError, UnicodeDecodeError, MemoryError, RecursionError):
+    except (ValueError, TypeError, SyntaxError, UnicodeDecodeError, MemoryError, RecursionError):
         raise CorruptFileError(file, f"member {member!r}: .npy header is not a Python literal") from None
     if not isinstance(header, dict) or set(header) != {"descr", "fortran_order", "shape"}:
         raise CorruptFileError(file, f"member {member!r}: .npy header lacks descr, fortran_order or shape")
     shape = header["shape"]
     if not isinstance(shape, tuple) or not all(type(n) is int and n >= 0 for n in shape):
-        raise CorruptFileError(file, f"member {member!r}: .npy shape {shape!r:.80} is not a tuple of sizes")
+        raise CorruptFileError(file, f"member {member!r}: .npy shape {short_repr(shape)} is not a tuple of sizes")
+    # numpy counts elements in int64 and allows 64 dimensions: a larger shape is a lie, even with a 0 in it.
+    if len(shape) > 64 or any(n > INT64_MAX for n in shape) or math.prod(shape) > INT64_MAX:
+        raise CorruptFileError(file, f"member {member!r}: .npy shape {short_repr(shape)} overflows int64")
     if not isinstance(header["fortran_order"], bool):
         raise CorruptFileError(file, f"member {member!r}: .npy fortran_order is not a bool")
     return header, 8 + size_bytes + header_length
@@ -116,7 +140,7 @@ def _leaf(probe: Probe, info: zipfile.ZipInfo, header: dict[str, Any], header_si
     resolved = dtypes.from_npy_descr(descr)
     if resolved is None:
         note = "object array: not read (reading it would need pickle)" if descr == "|O" else "unsupported dtype"
-        return Opaque(f"numpy.ndarray[{descr!r:.60}]", f"{note}, shape {list(shape)}")
+        return Opaque(f"numpy.ndarray[{short_repr(descr, 60)}]", f"{note}, shape {list(shape)}")
     dtype, byteorder = resolved
     nbytes = math.prod(shape) * dtype.itemsize
     if header_size + nbytes > info.file_size:
@@ -129,7 +153,7 @@ def _leaf(probe: Probe, info: zipfile.ZipInfo, header: dict[str, Any], header_si
     if header["fortran_order"]:
         strides = tuple(reversed(contiguous_strides(tuple(reversed(shape)))))
     if info.compress_type == zipfile.ZIP_STORED:
-        data: ByteRange | Stream = ByteRange(probe.source, probe.member_data_offset(info) + header_size, nbytes)
+        data: ByteRange | Stream = ByteRange(probe.source, probe.check_member(info) + header_size, nbytes)
     else:
         data = Stream(lambda: _skip(_open_member(probe, info), header_size), nbytes)
     return Tensor(dtype, tuple(shape), strides, Storage(info.filename, nbytes, data, "cpu", byteorder))

@@ -15,9 +15,19 @@ import zipfile
 from typing import Any
 
 from paramctl.errors import CorruptFileError
-from paramctl.loaders.unpickler import PickleError, StorageRef, StorageType, Unpickler
+from paramctl.loaders.unpickler import (
+    INT64_MAX,
+    PickleError,
+    PickleScan,
+    StorageRef,
+    StorageType,
+    Unpickler,
+    expansion_problem,
+    scan_pickle,
+    short_repr,
+)
 from paramctl.probe import Probe
-from paramctl.tree import ByteRange, Storage, Stream, TooDeepError, Tree, flatten, layout_problem
+from paramctl.tree import ByteRange, Leaf, Path, Storage, Stream, TooDeepError, Tree, flatten, layout_problem
 
 MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
 PROTOCOL_VERSION = 1001
@@ -45,13 +55,54 @@ class TorchLoader:
                 raise CorruptFileError(probe.name, f"tensor {name or '<root>'}: {problem}")
         return tree
 
+    def pickles(self, probe: Probe) -> list[PickleScan]:
+        """Every pickle in the file, scanned without rebuilding anything (for `scan`): in a zip, every `.pkl`
+        member (the one torch loads first); in the legacy format, the five pickles in a row until one breaks."""
+        return _zip_pickles(probe) if probe.is_zip else _legacy_pickles(probe)
+
 
 LOADER = TorchLoader()
 
+LEGACY_PICKLES = ("magic number", "protocol version", "sys info", "object", "storage keys")
+
+
+def _zip_pickles(probe: Probe) -> list[PickleScan]:
+    prefix = _archive_prefix(probe)
+    if probe.zip is None or prefix is None:
+        raise CorruptFileError(probe.name, "not a torch zip archive: it holds no data.pkl")
+    names = [n for n in probe.zip_names if n.endswith(".pkl")]
+    names.sort(key=lambda n: n != f"{prefix}data.pkl")  # stable: the rest keep archive order
+    scans = []
+    for name in names:
+        try:
+            data = probe.read_member(probe.zip.getinfo(name), _MAX_PICKLE)
+        except CorruptFileError as error:
+            scans.append(PickleScan(name, 0, None, None, [], {}, set(), error.problem))
+            continue
+        scans.append(scan_pickle(data, name))
+    return scans
+
+
+def _legacy_pickles(probe: Probe) -> list[PickleScan]:
+    data, position, scans = _PagedBytes(probe.source), 0, []
+    for role in LEGACY_PICKLES:
+        scan = scan_pickle(data, role, position)
+        scans.append(scan)
+        if scan.end is None:
+            break
+        position = scan.end
+    return scans
+
 
 def _archive_prefix(probe: Probe) -> str | None:
-    """The `<archive>/` folder holding data.pkl (any name: torch uses the file's stem, or `archive`)."""
-    for name in probe.zip_names:
+    """The `<archive>/` folder holding data.pkl (any name: torch uses the file's stem, or `archive`).
+
+    torch's reader (caffe2/serialize/inline_container.cc) takes the folder of the archive's first member and reads
+    `<folder>/data.pkl`; that rule comes first, so paramctl shows the pickle torch would load."""
+    names = probe.zip_names
+    if names and "/" in names[0] and f"{names[0].split('/', 1)[0]}/data.pkl" in names:
+        return f"{names[0].split('/', 1)[0]}/"
+    for name in names:
         if name.endswith("data.pkl") and name.count("/") <= 1:
             prefix = name[: -len("data.pkl")]
             if prefix in ("", f"{prefix.rstrip('/')}/"):
@@ -62,18 +113,28 @@ def _archive_prefix(probe: Probe) -> str | None:
 def _storage_pid(pid: Any, fields: int, file: str) -> tuple[StorageType, str, str, int]:
     """Validate a persistent id `('storage', StorageClass, key, location, numel, ...)`."""
     if not (isinstance(pid, tuple) and len(pid) == fields and pid[0] == "storage"):
-        raise CorruptFileError(file, f"unexpected persistent id in the pickle: {pid!r:.100}")
+        raise CorruptFileError(file, f"unexpected persistent id in the pickle: {short_repr(pid)}")
     _, storage_type, key, location, numel = pid[:5]
     if not isinstance(storage_type, StorageType):
-        raise CorruptFileError(file, f"persistent id names {storage_type!r:.80}, not a torch storage class")
+        raise CorruptFileError(file, f"persistent id names {short_repr(storage_type)}, not a torch storage class")
     if not isinstance(key, str) or not isinstance(location, str) or type(numel) is not int or numel < 0:
-        raise CorruptFileError(file, f"malformed storage record: {pid!r:.100}")
+        raise CorruptFileError(file, f"malformed storage record: {short_repr(pid)}")
+    if numel > INT64_MAX:
+        raise CorruptFileError(file, f"storage {key!r} claims {numel} elements, which overflows int64")
     return storage_type, key, location, numel
+
+
+def _flatten(obj: Any, pickle_size: int, file: str) -> list[tuple[Path, Leaf]]:
+    """The leaves, once the object is known not to explode through shared references."""
+    if problem := expansion_problem(obj, pickle_size):
+        raise CorruptFileError(file, problem)
+    return flatten(obj)
 
 
 def _load_zip(probe: Probe) -> Tree:
     prefix = _archive_prefix(probe)
-    assert probe.zip is not None and prefix is not None
+    if probe.zip is None or prefix is None:  # only when the format is forced on another kind of zip
+        raise CorruptFileError(probe.name, "not a torch zip archive: it holds no data.pkl")
     archive = probe.zip
     members = {info.filename: info for info in archive.infolist()}
 
@@ -83,13 +144,7 @@ def _load_zip(probe: Probe) -> Tree:
         return members[prefix + name]
 
     def member_bytes(name: str, limit: int) -> bytes:
-        info = member(name)
-        if info.file_size > limit:
-            raise CorruptFileError(probe.name, f"record {info.filename!r} claims {info.file_size} bytes")
-        if info.compress_type == zipfile.ZIP_STORED:
-            return probe.source.read(probe.member_data_offset(info), info.file_size)
-        with archive.open(info) as stream:
-            return stream.read(limit + 1)[:limit]
+        return probe.read_member(member(name), limit)
 
     byteorder = "little"
     if prefix + "byteorder" in members:
@@ -111,17 +166,20 @@ def _load_zip(probe: Probe) -> Tree:
             storages[key] = Storage(key, nbytes, _member_data(probe, archive, info, nbytes), location, byteorder)
         return StorageRef(storages[key], storage_type.dtype)
 
-    obj = Unpickler(member_bytes("data.pkl", _MAX_PICKLE), persistent_load).load()
+    pickle = member_bytes("data.pkl", _MAX_PICKLE)
+    obj = Unpickler(pickle, persistent_load).load()
     metadata: dict[str, Any] = {"archive": prefix.rstrip("/"), "byteorder": byteorder}
     if prefix + ".data/version" in members:
         metadata["version"] = member_bytes(".data/version", 64).decode("ascii", "replace").strip()
-    return Tree(probe.name, "torch-zip", flatten(obj), metadata)
+    return Tree(probe.name, "torch-zip", _flatten(obj, len(pickle), probe.name), metadata)
 
 
 def _member_data(probe: Probe, archive: zipfile.ZipFile, info: zipfile.ZipInfo, nbytes: int) -> ByteRange | Stream:
+    """A storage's bytes: in place when stored (the usual case), else streamed through `Probe.open_member`."""
+    offset = probe.check_member(info)
     if info.compress_type == zipfile.ZIP_STORED:
-        return ByteRange(probe.source, probe.member_data_offset(info), nbytes)
-    return Stream(lambda: archive.open(info), nbytes)
+        return ByteRange(probe.source, offset, nbytes)
+    return Stream(lambda: probe.open_member(info), nbytes)
 
 
 def _is_legacy(head: bytes) -> bool:
@@ -180,7 +238,9 @@ def _load_legacy(probe: Probe) -> Tree:
         raise CorruptFileError(probe.name, "not a legacy torch file: bad magic number")
     version = next_pickle()
     if version != PROTOCOL_VERSION:
-        raise CorruptFileError(probe.name, f"legacy torch protocol version {version!r:.40} is not {PROTOCOL_VERSION}")
+        raise CorruptFileError(
+            probe.name, f"legacy torch protocol version {short_repr(version, 40)} is not {PROTOCOL_VERSION}"
+        )
     sys_info = next_pickle()
     storages: dict[str, tuple[Storage, int]] = {}  # key -> (storage, itemsize of its records)
 
@@ -194,10 +254,16 @@ def _load_legacy(probe: Probe) -> Tree:
             return StorageRef(storages[key][0], storage_type.dtype)
         # A storage view (torch < 0.4): (view_key, element offset, element count) into the root storage.
         if not (isinstance(view, tuple) and len(view) == 3 and all(type(v) is int for v in view[1:])):
-            raise CorruptFileError(probe.name, f"malformed storage view record: {view!r:.100}")
+            raise CorruptFileError(probe.name, f"malformed storage view record: {short_repr(view)}")
+        if view[1] < 0 or view[2] < 0 or view[1] + view[2] > numel:
+            raise CorruptFileError(
+                probe.name, f"storage view of {view[2]} elements at {view[1]} lies outside storage {key!r} ({numel})"
+            )
         return StorageRef(storages[key][0], storage_type.dtype, element_offset=view[1])
 
+    object_start = position
     obj = next_pickle(persistent_load)
+    object_size = position - object_start
     keys = next_pickle()
     if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
         raise CorruptFileError(probe.name, "the legacy storage key list is not a list of strings")
@@ -218,5 +284,28 @@ def _load_legacy(probe: Probe) -> Tree:
     missing = [key for key, (storage, _) in storages.items() if storage.data is None]
     if missing:
         raise CorruptFileError(probe.name, f"storage {missing[0]!r} has no data record")
-    metadata = {"protocol_version": version, "sys_info": sys_info if isinstance(sys_info, dict) else None}
-    return Tree(probe.name, "torch-legacy", flatten(obj), metadata)
+    metadata = {"protocol_version": version, "sys_info": _plain_sys_info(sys_info)}
+    return Tree(probe.name, "torch-legacy", _flatten(obj, object_size, probe.name), metadata)
+
+
+def _plain_sys_info(sys_info: Any) -> dict[str, Any] | None:
+    """The sys-info record torch writes ({protocol_version, little_endian, type_sizes: {short, int, long}}), kept
+    only as plain scalars: it is shown as metadata, and a hostile one could hold anything."""
+    if not isinstance(sys_info, dict):
+        return None
+
+    def scalar(value: Any) -> Any:
+        if isinstance(value, (bool, float, type(None))) or (isinstance(value, int) and abs(value) <= INT64_MAX):
+            return value
+        return value[:200] if isinstance(value, str) else short_repr(value)
+
+    plain: dict[str, Any] = {}
+    for key, value in list(sys_info.items())[:16]:
+        name = key[:64] if isinstance(key, str) else short_repr(key)
+        if isinstance(value, dict):
+            plain[name] = {
+                k[:64] if isinstance(k, str) else short_repr(k): scalar(v) for k, v in list(value.items())[:16]
+            }
+        else:
+            plain[name] = scalar(value)
+    return plain

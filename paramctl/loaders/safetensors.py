@@ -8,11 +8,11 @@ tensor's shape and tile the data region exactly. The library itself (which needs
 from __future__ import annotations
 
 import json
-import math
 from typing import Any
 
 from paramctl import dtypes
 from paramctl.errors import CorruptFileError
+from paramctl.loaders.unpickler import short_repr
 from paramctl.probe import Probe
 from paramctl.tree import ByteRange, Storage, Tensor, Tree, contiguous_strides, split_key
 
@@ -24,25 +24,36 @@ class SafetensorsLoader:
     description = "safetensors files (.safetensors), including aliases recorded by save_model"
 
     def sniff(self, probe: Probe) -> bool:
+        """An 8-byte length, then a JSON object: `{` after optional JSON whitespace (which the library accepts).
+        The length is not trusted here: a header that claims more than the file holds is still this format's
+        file, and `load` says what is wrong with it."""
         head = probe.head
         if len(head) < 10:
             return False
-        length = int.from_bytes(head[:8], "little")
-        return head[8:9] == b"{" and length <= probe.source.size - 8
+        text = head[8:].lstrip(b" \t\r\n")
+        return text[:1] == b"{" and text[1:2] in (b'"', b"}", b" ", b"\t", b"\r", b"\n")
 
     def load(self, probe: Probe) -> Tree:
         source, file = probe.source, probe.name
         length = int.from_bytes(source.read(0, 8), "little")
         if length > MAX_HEADER_SIZE:
             raise CorruptFileError(file, f"safetensors header of {length} bytes exceeds the {MAX_HEADER_SIZE} limit")
-        source.check_range(8, length, "the safetensors header")
+        if length > source.size - 8:
+            raise CorruptFileError(
+                file, f"safetensors header of {length} bytes runs past the end of the file ({source.size} bytes)"
+            )
         try:
-            header = json.loads(bytes(source.view(8, length)), object_pairs_hook=_unique_keys)
+            # Strict UTF-8 first: json.loads(bytes) would guess UTF-16/32 from NUL bytes, which the library never does.
+            text = bytes(source.view(8, length)).decode("utf-8")
+            header = json.loads(text, object_pairs_hook=_unique_keys, parse_constant=_no_constant)
         except (ValueError, UnicodeDecodeError) as error:
-            raise CorruptFileError(file, f"invalid safetensors header JSON: {error}") from None
+            raise CorruptFileError(file, f"invalid safetensors header JSON: {str(error)[:200]}") from None
+        except RecursionError:
+            raise CorruptFileError(file, "invalid safetensors header JSON: nested too deeply") from None
         if not isinstance(header, dict):
             raise CorruptFileError(file, "safetensors header is not a JSON object")
-        metadata = header.pop("__metadata__", None) or {}
+        metadata = header.pop("__metadata__", None)
+        metadata = {} if metadata is None else metadata  # null is allowed; "" or [] are not (serde's Option<map>)
         if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
             raise CorruptFileError(file, "safetensors __metadata__ is not a map of strings")
         data_start, data_size = 8 + length, source.size - 8 - length
@@ -76,27 +87,51 @@ LOADER = SafetensorsLoader()
 
 
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """Duplicate keys are refused (the library keeps the last silently: two readers could disagree), and so are
+    lone surrogates (`"\\ud800"`), which Python's JSON accepts and serde_json does not."""
     result = dict(pairs)
     if len(result) != len(pairs):
         seen: set[str] = set()
         duplicate = next(k for k, _ in pairs if k in seen or seen.add(k))  # type: ignore[func-returns-value]
         raise ValueError(f"duplicate key {duplicate!r}")
+    for key, value in pairs:
+        for text in (key, value) if isinstance(value, str) else (key,):
+            text.encode("utf-8")  # UnicodeEncodeError (a ValueError) on a lone surrogate
     return result
 
 
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+_U64_MAX = (1 << 64) - 1  # the library reads shapes and offsets as usize (64-bit)
+
+
 def _entry(file: str, name: str, entry: Any) -> tuple[dtypes.DType, tuple[int, ...], int, int]:
-    if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
+    # Like the library's serde struct: these three fields are required, any others are ignored.
+    if not isinstance(entry, dict) or not {"dtype", "shape", "data_offsets"} <= set(entry):
         raise CorruptFileError(file, f"tensor {name}: header entry is not {{dtype, shape, data_offsets}}")
     dtype = dtypes.BY_SAFETENSORS.get(entry["dtype"]) if isinstance(entry["dtype"], str) else None
     if dtype is None:
-        raise CorruptFileError(file, f"tensor {name}: unknown dtype {entry['dtype']!r:.40}")
+        raise CorruptFileError(file, f"tensor {name}: unknown dtype {short_repr(entry['dtype'], 40)}")
     shape, offsets = entry["shape"], entry["data_offsets"]
-    if not isinstance(shape, list) or not all(type(n) is int and n >= 0 for n in shape):
-        raise CorruptFileError(file, f"tensor {name}: shape {shape!r:.80} is not a list of non-negative integers")
-    if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(n) is int and n >= 0 for n in offsets)):
-        raise CorruptFileError(file, f"tensor {name}: data_offsets {offsets!r:.80} is not [begin, end]")
+    if not isinstance(shape, list) or not all(type(n) is int and 0 <= n <= _U64_MAX for n in shape):
+        raise CorruptFileError(file, f"tensor {name}: shape {short_repr(shape)} is not a list of non-negative integers")
+    if not (
+        isinstance(offsets, list) and len(offsets) == 2 and all(type(n) is int and 0 <= n <= _U64_MAX for n in offsets)
+    ):
+        raise CorruptFileError(file, f"tensor {name}: data_offsets {short_repr(offsets)} is not [begin, end]")
+    # The library multiplies left to right with overflow checks (then by the dtype's bits): [2**40, 2**40, 0]
+    # overflows before the 0 is reached.
+    numel = 1
+    for n in shape:
+        numel *= n
+        if numel > _U64_MAX:
+            raise CorruptFileError(file, f"tensor {name}: shape {short_repr(shape)} overflows the element count")
+    if numel * dtype.itemsize * 8 > _U64_MAX:
+        raise CorruptFileError(file, f"tensor {name}: shape {short_repr(shape)} overflows the byte count")
     begin, end = offsets
-    nbytes = math.prod(shape) * dtype.itemsize
+    nbytes = numel * dtype.itemsize
     if end < begin or end - begin != nbytes:
         raise CorruptFileError(
             file, f"tensor {name}: data_offsets [{begin}, {end}] hold {end - begin} bytes, shape {shape} needs {nbytes}"

@@ -5,19 +5,28 @@ imported or called. A few globals are recognised and rebuilt by paramctl's own c
 functions, storage classes, dtypes, OrderedDict, builtin containers); every other global becomes an OpaqueObject
 that records its name and whatever the pickle puts inside it, so the tensors and values in it stay visible. The
 memo is a dict and every length is checked against the bytes present, so a lying pickle cannot make it allocate.
+
+Every global the pickle names is recorded with its opcode and byte offset (`globals_seen`), whichever opcode names
+it (GLOBAL, STACK_GLOBAL, INST, EXT1/2/4); `scan_pickle` runs the same machine without rebuilding anything, so a
+file whose tensors are broken can still be scanned, and says where each global ends up in the object.
 """
 
 from __future__ import annotations
 
 import codecs
+import math
+import pickletools
+import reprlib
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from paramctl import dtypes
 from paramctl.dtypes import DType
-from paramctl.tree import OpaqueObject, Storage, Tensor
+from paramctl.tree import MAX_DEPTH, OpaqueObject, Storage, Tensor, name_of, split_key
+
+INT64_MAX = (1 << 63) - 1  # torch sizes, strides and offsets are int64: anything larger is a lie
 
 
 class PickleError(Exception):
@@ -30,10 +39,54 @@ class Global:
 
     module: str
     name: str
+    ref: int = field(default=-1, compare=False)  # index into Unpickler.globals_seen: where the pickle named it
 
     @property
     def qualname(self) -> str:
         return f"{self.module}.{self.name}"
+
+
+@dataclass(frozen=True)
+class GlobalRef:
+    """One place a pickle names a global: the opcode that named it and that opcode's byte offset in the pickle."""
+
+    module: str
+    name: str
+    offset: int
+    opcode: str  # GLOBAL, STACK_GLOBAL, INST, EXT1, EXT2, EXT4
+
+    @property
+    def qualname(self) -> str:
+        return f"{self.module}.{self.name}"
+
+
+class Built(OpaqueObject):
+    """An object a pickle built by calling or instantiating a global paramctl does not rebuild (a placeholder);
+    `refs` index `globals_seen`, so `scan` can say where in the object each global ends up."""
+
+    def __init__(self, global_name: str, contents: Any = None, refs: tuple[int, ...] = (), note: str | None = None):
+        super().__init__(global_name, contents, note)
+        self.refs = refs
+        self.state: Any = None  # in a scan: a BUILD state that came after the contents
+
+    def __repr__(self) -> str:  # error messages name what the pickle built, never a memory address
+        return f"<{self.global_name}(…)>"
+
+
+_SHORT = reprlib.Repr()
+_SHORT.maxlevel, _SHORT.maxtuple, _SHORT.maxlist, _SHORT.maxdict = 3, 6, 6, 4
+_SHORT.maxset = _SHORT.maxfrozenset = 6
+_SHORT.maxstring = _SHORT.maxother = _SHORT.maxlong = 60
+
+
+def short_repr(value: Any, limit: int = 100) -> str:
+    """A bounded repr for error messages: a pickle-made value can be huge or share itself a billion times over,
+    and `f"{value!r:.80}"` would build the whole repr before cutting it."""
+    try:
+        text = _SHORT.repr(value)
+    except (RecursionError, MemoryError, ValueError):  # pragma: no cover - reprlib bounds the depth already
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 @dataclass(frozen=True)
@@ -68,26 +121,40 @@ class _DictType:
     """`collections.OrderedDict` / `builtins.dict`: rebuilt as a plain dict (which keeps insertion order)."""
 
 
+_MAX_DIMS = 64  # torch's limit on a tensor's dimensions
+_MAX_INT_BYTES = 1700  # about 4100 decimal digits: below Python's default limit for printing an int
+
+
 def _ints(value: Any, what: str) -> tuple[int, ...]:
     if not isinstance(value, (tuple, list)) or not all(type(v) is int for v in value):
-        raise PickleError(f"tensor {what} is not a tuple of integers: {value!r:.80}")
+        raise PickleError(f"tensor {what} is not a tuple of integers: {short_repr(value)}")
+    if len(value) > _MAX_DIMS:
+        raise PickleError(f"tensor {what} has {len(value)} dimensions, more than torch's {_MAX_DIMS}")
     return tuple(value)
 
 
 def _tensor(storage: Any, offset: Any, size: Any, stride: Any, dtype: DType | None) -> Tensor:
+    """A tensor from a rebuild function's arguments; every number is checked the way torch's int64 fields are."""
     if not isinstance(storage, StorageRef):
-        raise PickleError(f"tensor storage is not a storage record: {storage!r:.80}")
+        raise PickleError(f"tensor storage is not a storage record: {short_repr(storage)}")
     dtype = dtype or storage.dtype
     if dtype is None:
         raise PickleError("tensor has no dtype (an untyped storage without a dtype argument)")
     shape, strides = _ints(size, "size"), _ints(stride, "stride")
-    if type(offset) is not int or offset < 0:
-        raise PickleError(f"tensor storage offset is not a non-negative integer: {offset!r:.80}")
+    if type(offset) is not int or not 0 <= offset <= INT64_MAX:
+        raise PickleError(f"tensor storage offset is not a non-negative int64: {short_repr(offset)}")
     if len(shape) != len(strides):
         raise PickleError(f"tensor size {shape} and stride {strides} differ in length")
     if any(n < 0 for n in shape) or any(s < 0 for s in strides):
         raise PickleError(f"tensor size {shape} or stride {strides} is negative")
-    return Tensor(dtype, shape, strides, storage.storage, offset + storage.element_offset)
+    if any(n > INT64_MAX for n in shape) or any(s > INT64_MAX for s in strides):
+        raise PickleError(f"tensor size {shape} or stride {strides} overflows int64")
+    if math.prod(shape) > INT64_MAX:
+        raise PickleError(f"tensor size {shape}: the element count overflows int64")
+    start = offset + storage.element_offset
+    if math.prod(shape) and (start + sum((n - 1) * s for n, s in zip(shape, strides)) + 1) * dtype.itemsize > INT64_MAX:
+        raise PickleError(f"tensor size {shape} with stride {strides} at offset {offset}: the byte extent overflows")
+    return Tensor(dtype, shape, strides, storage.storage, start)
 
 
 def _rebuild_tensor(storage: Any, offset: Any, size: Any, stride: Any) -> Tensor:
@@ -102,11 +169,14 @@ def _rebuild_tensor_v3(
     storage: Any, offset: Any, size: Any, stride: Any, _grad: Any, _hooks: Any, dtype: Any, *_: Any
 ) -> Tensor:
     if not isinstance(dtype, DType):
-        raise PickleError(f"tensor dtype argument is not a dtype: {dtype!r:.80}")
+        raise PickleError(f"tensor dtype argument is not a dtype: {short_repr(dtype)}")
     return _tensor(storage, offset, size, stride, dtype)
 
 
 def _rebuild_parameter(data: Any, *_flags: Any) -> Any:
+    """`Parameter(data)`: torch accepts only a tensor (a placeholder stands for a tensor subclass paramctl lists)."""
+    if not isinstance(data, (Tensor, OpaqueObject)):
+        raise PickleError(f"a parameter wraps {short_repr(data)}, not a tensor")
     return data
 
 
@@ -138,9 +208,79 @@ def _container(kind: type) -> Callable[..., Any]:
     def build(items: Any = ()) -> Any:
         if not isinstance(items, (list, tuple, set, frozenset)):
             raise PickleError(f"{kind.__name__}() called with {type(items).__name__}")
-        return kind(items)
+        return kind(_key(x) for x in items) if kind in (set, frozenset) else kind(items)
 
     return build
+
+
+class _NumpyDType(OpaqueObject):
+    """`numpy.dtype(descr, align, copy)`; the BUILD state that follows gives the byte order (state[1])."""
+
+    def __init__(self, descr: str) -> None:
+        super().__init__("numpy.dtype", None, descr)
+        self.descr = descr
+        self.byteorder = "="
+
+    def set_state(self, state: Any) -> None:
+        if isinstance(state, tuple) and len(state) > 1 and state[1] in ("<", ">", "|", "="):
+            self.byteorder = state[1]
+            self.note = f"{state[1]}{self.descr}" if state[1] in "<>" else self.descr
+
+
+def _numpy_dtype(descr: Any = None, *_flags: Any) -> _NumpyDType:
+    if not isinstance(descr, str) or len(descr) > 32:
+        raise PickleError(f"numpy.dtype called with {short_repr(descr)}")
+    return _NumpyDType(descr)
+
+
+# numpy scalar types paramctl decodes itself, by `descr`: struct codes of one value (two for complex).
+_NUMPY_SCALARS = {
+    "f2": "e", "f4": "f", "f8": "d", "i1": "b", "i2": "h", "i4": "i", "i8": "q",
+    "u1": "B", "u2": "H", "u4": "I", "u8": "Q", "b1": "?", "c8": "ff", "c16": "dd",
+}  # fmt: skip
+
+
+def _numpy_scalar(dtype: Any = None, raw: Any = None, *_: Any) -> Any:
+    """`numpy.core.multiarray.scalar(dtype, raw_bytes)` as a plain Python number, decoded from the dtype's
+    descriptor and byte order with struct (no numpy); any other scalar stays a placeholder."""
+    code = _NUMPY_SCALARS.get(dtype.descr) if isinstance(dtype, _NumpyDType) else None
+    if code is None or not isinstance(raw, bytes) or len(raw) != struct.calcsize("<" + code):
+        descr = dtype.note if isinstance(dtype, _NumpyDType) else "?"
+        return OpaqueObject("numpy.scalar", None, f"dtype {descr}")
+    values = struct.unpack((">" if dtype.byteorder == ">" else "<") + code, raw)
+    return complex(*values) if len(values) == 2 else values[0]
+
+
+class _NumpyArray(OpaqueObject):
+    """`numpy.core.multiarray._reconstruct(cls, ...)`: listed as a placeholder with its shape and dtype (from the
+    BUILD state `(version, shape, dtype, fortran, data)`); its raw bytes are not shown."""
+
+    def set_state(self, state: Any) -> None:
+        if isinstance(state, tuple) and len(state) == 5 and isinstance(state[1], tuple):
+            shape = list(state[1]) if all(type(n) is int for n in state[1]) else "?"
+            descr = state[2].note if isinstance(state[2], _NumpyDType) else "?"
+            self.note = f"shape {short_repr(shape)}, dtype {descr}"
+
+
+def _numpy_reconstruct(cls: Any = None, *_: Any) -> _NumpyArray:
+    return _NumpyArray(cls.qualname if isinstance(cls, Global) else "numpy.ndarray")
+
+
+_PATH_CLASSES = {"PurePath", "PurePosixPath", "PureWindowsPath", "Path", "PosixPath", "WindowsPath"}
+
+
+def _pathlib_note(func: Global, args: tuple[Any, ...]) -> str | None:
+    """A pathlib path pickles as `PosixPath(*parts)`: shown as one placeholder whose note is the path, joined
+    the way the class joins its parts (posixpath / ntpath are pure string functions)."""
+    if func.module not in ("pathlib", "pathlib._local") or func.name not in _PATH_CLASSES:
+        return None
+    if not args or not all(isinstance(part, str) for part in args):
+        return None
+    import ntpath
+    import posixpath
+
+    joined = (ntpath if "Windows" in func.name else posixpath).join(*args)
+    return joined if len(joined) <= 4096 else joined[:4096] + "…"
 
 
 _REBUILDERS: dict[tuple[str, str], Any] = {
@@ -160,6 +300,12 @@ _REBUILDERS: dict[tuple[str, str], Any] = {
     ("builtins", "list"): _Rebuilder("list", _container(list)),
     ("builtins", "tuple"): _Rebuilder("tuple", _container(tuple)),
     ("builtins", "bytearray"): _Rebuilder("bytearray", lambda b=b"", *_: bytes(b) if isinstance(b, bytes) else b""),
+    # numpy values inside a torch pickle (numpy 1 names them numpy.core, numpy 2 numpy._core): data only.
+    ("numpy", "dtype"): _Rebuilder("dtype", _numpy_dtype),
+    ("numpy.core.multiarray", "scalar"): _Rebuilder("scalar", _numpy_scalar),
+    ("numpy._core.multiarray", "scalar"): _Rebuilder("scalar", _numpy_scalar),
+    ("numpy.core.multiarray", "_reconstruct"): _Rebuilder("_reconstruct", _numpy_reconstruct),
+    ("numpy._core.multiarray", "_reconstruct"): _Rebuilder("_reconstruct", _numpy_reconstruct),
 }
 _PY2_MODULES = {"__builtin__": "builtins", "copy_reg": "copyreg"}
 
@@ -180,22 +326,36 @@ def resolve_global(module: str, name: str) -> Any:
 
 
 _MARK = object()
-_MAX_LINE = 1 << 16  # text-opcode arguments (protocol 0 numbers, global names) are short
+_STRUCTS = {fmt: struct.Struct(fmt) for fmt in ("<B", "<H", "<i", "<I", "<Q", ">d")}
+_OPCODE_NAMES = {ord(op.code): op.name for op in pickletools.opcodes}
 
 
 class Unpickler:
     """Reads one pickle from `data` starting at `start`; `end` is the position after its STOP opcode.
 
     `persistent_load` turns a persistent id (torch's storage records) into an object; it is the only door from
-    the pickle to the rest of the file. `globals_seen` lists every global referenced, for `scan`.
+    the pickle to the rest of the file. `globals_seen` lists every global referenced (with where), and
+    `opcodes_seen` every opcode used, for `scan`. With `rebuild=False` nothing is rebuilt, not even tensors:
+    every global stays a marker and every call a placeholder, so no argument check can stop the machine early
+    (a scan must see every global the real unpickler would reach).
     """
 
-    def __init__(self, data: bytes | memoryview, persistent_load: Callable[[Any], Any], start: int = 0) -> None:
+    def __init__(
+        self,
+        data: bytes | memoryview | Any,
+        persistent_load: Callable[[Any], Any],
+        start: int = 0,
+        rebuild: bool = True,
+    ) -> None:
         self.data = memoryview(data).cast("B") if isinstance(data, memoryview) else data
         self.pos = start
+        self.start = start
         self.end = start
         self.persistent_load = persistent_load
-        self.globals_seen: list[Global] = []
+        self.rebuild = rebuild
+        self.globals_seen: list[GlobalRef] = []
+        self.opcodes_seen: set[int] = set()
+        self.protocol: int | None = None
 
     # -- reading bytes -------------------------------------------------------------------------------------
     def _take(self, n: int) -> bytes:
@@ -206,38 +366,61 @@ class Unpickler:
         return chunk
 
     def _line(self) -> bytes:
-        window = bytes(self.data[self.pos : self.pos + _MAX_LINE])
-        end = window.find(b"\n")
-        if end < 0:
-            raise PickleError(f"pickle truncated: unterminated text argument at {self.pos}")
-        self.pos += end + 1
-        return window[:end]
+        """A text argument up to its newline. The window grows geometrically, so a line costs its own length,
+        and there is no cap but the data (a real unpickler reads a line of any length)."""
+        size = 256
+        while True:
+            window = bytes(self.data[self.pos : self.pos + size])
+            end = window.find(b"\n")
+            if end >= 0:
+                self.pos += end + 1
+                return window[:end]
+            if self.pos + size >= len(self.data):
+                raise PickleError(f"pickle truncated: unterminated text argument at {self.pos}")
+            size *= 4
 
     def _unpack(self, fmt: str) -> Any:
-        return struct.unpack(fmt, self._take(struct.calcsize(fmt)))[0]
+        layout = _STRUCTS[fmt]
+        start, end = self.pos, self.pos + layout.size
+        if end > len(self.data):
+            raise PickleError(f"pickle truncated: needs {layout.size} bytes at {start}, {len(self.data) - start} left")
+        self.pos = end
+        return layout.unpack(self.data[start:end])[0]
+
+    def _byte(self) -> int:
+        if self.pos >= len(self.data):
+            raise PickleError(f"pickle truncated: needs 1 byte at {self.pos}")
+        self.pos += 1
+        return self.data[self.pos - 1]  # type: ignore[no-any-return]
 
     # -- the machine -----------------------------------------------------------------------------------------
     def load(self) -> Any:
         self.stack: list[Any] = []
         self.metastack: list[list[Any]] = []
         self.memo: dict[int, Any] = {}
+        data, size, dispatch, seen, stop = self.data, len(self.data), _DISPATCH, self.opcodes_seen, Unpickler._stop
         while True:
-            if self.pos >= len(self.data):
+            pos = self.pos
+            if pos >= size:
                 raise PickleError("pickle truncated: no STOP opcode")
-            op = self.data[self.pos]
-            self.pos += 1
-            handler = _DISPATCH.get(op)
+            op = data[pos]
+            self.op_pos = pos
+            self.pos = pos + 1
+            handler = dispatch.get(op)
             if handler is None:
-                raise PickleError(f"unknown pickle opcode 0x{op:02x} at byte {self.pos - 1}")
-            if handler is Unpickler._stop:
+                raise PickleError(f"unknown pickle opcode 0x{op:02x} at byte {pos}")
+            seen.add(op)
+            if handler is stop:
                 self.end = self.pos
                 return self._pop()
             try:
                 handler(self)
-            except (PickleError, RecursionError):
+            except PickleError:
                 raise
             except (IndexError, KeyError, TypeError, ValueError, OverflowError, UnicodeDecodeError) as error:
-                raise PickleError(f"malformed pickle at byte {self.pos}: {error}") from None
+                raise PickleError(f"malformed pickle at byte {self.pos}: {str(error)[:200]}") from None
+            except (RecursionError, MemoryError) as error:
+                raise PickleError(f"pickle too large or too deep at byte {self.pos} ({type(error).__name__})") from None
 
     def _pop(self) -> Any:
         if not self.stack:
@@ -353,42 +536,48 @@ class Unpickler:
     def _global(self) -> None:
         module = self._line().decode("utf-8")
         name = self._line().decode("utf-8")
-        self._push(self._resolve(module, name))
+        self._push(self._resolve(module, name, "GLOBAL"))
 
     def _stack_global(self) -> None:
         name, module = self._pop(), self._pop()
         if not isinstance(module, str) or not isinstance(name, str):
             raise PickleError("STACK_GLOBAL with non-string module or name")
-        self._push(self._resolve(module, name))
+        self._push(self._resolve(module, name, "STACK_GLOBAL"))
 
-    def _resolve(self, module: str, name: str) -> Any:
-        target = resolve_global(module, name)
-        self.globals_seen.append(Global(module, name))
+    def _resolve(self, module: str, name: str, opcode: str) -> Any:
+        """Record the global, then stand in for it: paramctl's own object, or a marker. Never an import."""
+        self.globals_seen.append(GlobalRef(module, name, self.op_pos, opcode))
+        target = resolve_global(module, name) if self.rebuild else None
+        if target is None or isinstance(target, Global):
+            return Global(module, name, len(self.globals_seen) - 1)
         return target
 
-    def _ext(self, code: int) -> None:
-        self._push(Global("<extension registry>", str(code)))
+    def _ext(self, code: int, opcode: str) -> None:
+        """EXT1/2/4 name a global through copyreg's extension registry, which only the loading process knows."""
+        self._push(self._resolve("<extension registry>", str(code), opcode))
 
     def _reduce(self) -> None:
         args, func = self._pop(), self._pop()
-        if not isinstance(args, tuple):
+        if not isinstance(args, (tuple, list)):  # pickle calls func(*args): any sequence works
             raise PickleError("REDUCE arguments are not a tuple")
-        self._push(self._call(func, args))
+        self._push(self._call(func, tuple(args)))
 
     def _call(self, func: Any, args: tuple[Any, ...]) -> Any:
         if isinstance(func, _Rebuilder):
             try:
                 return func(*args)
             except TypeError as error:
-                raise PickleError(f"{func.name} called with bad arguments: {error}") from None
+                raise PickleError(f"{func.name} called with bad arguments: {str(error)[:200]}") from None
         if func is _DictType:
             return self._dict_from([x for pair in args[0] for x in pair]) if args else {}
         if isinstance(func, Global):
             if (func.module, func.name) == ("copyreg", "_reconstructor") and args and isinstance(args[0], Global):
-                return OpaqueObject(args[0].qualname, None)
-            return OpaqueObject(func.qualname, args or None)
+                return Built(args[0].qualname, None, (args[0].ref, func.ref))
+            if self.rebuild and (note := _pathlib_note(func, args)) is not None:
+                return Built(func.qualname, None, (func.ref,), note)
+            return Built(func.qualname, args or None, (func.ref,))
         if isinstance(func, OpaqueObject):
-            return OpaqueObject(func.global_name + "(…)", args or None)
+            return Built(func.global_name + "(…)", args or None, getattr(func, "refs", ()))
         raise PickleError(f"pickle calls a {type(func).__name__}, which is not callable")
 
     def _newobj(self) -> None:
@@ -403,14 +592,16 @@ class Unpickler:
         if cls is _DictType:
             return {}
         if isinstance(cls, Global):
-            return OpaqueObject(cls.qualname, args or None)
+            return Built(cls.qualname, args or None, (cls.ref,))
+        if isinstance(cls, OpaqueObject) and not self.rebuild:  # a class made by a call: still only a record
+            return Built(cls.global_name + "(…)", args or None, getattr(cls, "refs", ()))
         raise PickleError(f"pickle instantiates a {type(cls).__name__}, which is not a class")
 
     def _inst(self) -> None:
         module = self._line().decode("utf-8")
         name = self._line().decode("utf-8")
         args = tuple(self._pop_mark())
-        self._push(self._call(self._resolve(module, name), args))
+        self._push(self._call(self._resolve(module, name, "INST"), args))
 
     def _obj(self) -> None:
         items = self._pop_mark()
@@ -421,7 +612,11 @@ class Unpickler:
     def _build(self) -> None:
         state = self._pop()
         target = self._top()
-        if isinstance(target, OpaqueObject):
+        if isinstance(target, (_NumpyDType, _NumpyArray)):
+            target.set_state(state)
+        elif isinstance(target, Built) and not self.rebuild and target.contents is not None:
+            target.state = state  # a scan keeps the items where a listing would name them
+        elif isinstance(target, OpaqueObject):
             target.contents = state if target.contents is None else {"args": target.contents, "state": state}
         # A dict's state (a state_dict's `_metadata`) and a tensor's state (hooks, subclass fields) carry no values.
 
@@ -439,13 +634,35 @@ class Unpickler:
         if self.pos + size > len(self.data):
             raise PickleError(f"pickle frame of {size} bytes runs past the end")
 
+    def _proto(self) -> None:
+        protocol = self._unpack("<B")
+        if protocol > 5:  # as pickle itself refuses: nothing after this would be read
+            raise PickleError(f"unsupported pickle protocol {protocol}")
+        self.protocol = protocol
+
+
+_KEY_BUDGET = 1000  # elements of a tuple key hashed as-is; beyond, its short repr stands in
+
 
 def _key(value: Any) -> Any:
-    """A dict key or set member: unhashable ones (a list a hostile pickle offers as a key) become their repr."""
+    """A dict key or set member: unhashable ones (a list a hostile pickle offers as a key) become their repr.
+
+    Tuples are hashed only when small: CPython does not cache a tuple's hash and recurses through it in C, so a
+    tuple built from a memoized tuple a thousand times over, a few levels deep, would hang `hash` (or overflow
+    the C stack when deeply nested)."""
+    if isinstance(value, (tuple, frozenset)):
+        pending, count = [value], 0
+        while pending:
+            item = pending.pop()
+            count += 1
+            if count > _KEY_BUDGET or isinstance(item, (list, dict, set, bytearray)):
+                return short_repr(value)
+            if isinstance(item, (tuple, frozenset)):
+                pending.extend(item)
     try:
         hash(value)
     except TypeError:
-        return repr(value)[:200]
+        return short_repr(value)
     return value
 
 
@@ -477,7 +694,11 @@ def _long_binary(size_fmt: str) -> Callable[[Unpickler], None]:
         n = self._unpack(size_fmt)
         if n < 0:
             raise PickleError("negative LONG4 length")
-        self._push(int.from_bytes(self._take(n), "little", signed=True))
+        raw = self._take(n)
+        if n > _MAX_INT_BYTES:  # Python cannot print it (4300 digits at most): a placeholder says what it is
+            self._push(OpaqueObject("int", None, f"an integer of {n * 8} bits, too long to show"))
+            return
+        self._push(int.from_bytes(raw, "little", signed=True))
 
     return handler
 
@@ -503,7 +724,7 @@ _DISPATCH: dict[int, Callable[[Unpickler], None]] = {
     ord("F"): Unpickler._float_text,
     ord("I"): Unpickler._int_text,
     ord("J"): lambda u: u._push(u._unpack("<i")),
-    ord("K"): lambda u: u._push(u._unpack("<B")),
+    ord("K"): lambda u: u.stack.append(u._byte()),  # the most frequent opcodes read their byte with `_byte`
     ord("L"): Unpickler._long_text,
     ord("M"): lambda u: u._push(u._unpack("<H")),
     ord("N"): lambda u: u._push(None),
@@ -522,14 +743,14 @@ _DISPATCH: dict[int, Callable[[Unpickler], None]] = {
     ord("}"): lambda u: u._push({}),
     ord("e"): Unpickler._appends,
     ord("g"): lambda u: u._get(int(u._line())),
-    ord("h"): lambda u: u._get(u._unpack("<B")),
+    ord("h"): lambda u: u._get(u._byte()),
     ord("i"): Unpickler._inst,
     ord("j"): lambda u: u._get(u._unpack("<I")),
     ord("l"): Unpickler._list,
     ord("]"): lambda u: u._push([]),
     ord("o"): Unpickler._obj,
     ord("p"): lambda u: u._put(int(u._line())),
-    ord("q"): lambda u: u._put(u._unpack("<B")),
+    ord("q"): lambda u: u._put(u._byte()),
     ord("r"): lambda u: u._put(u._unpack("<I")),
     ord("s"): Unpickler._setitem,
     ord("t"): Unpickler._tuple,
@@ -537,11 +758,11 @@ _DISPATCH: dict[int, Callable[[Unpickler], None]] = {
     ord("u"): Unpickler._setitems,
     ord("G"): lambda u: u._push(u._unpack(">d")),
     # protocol 2
-    0x80: lambda u: u._unpack("<B"),  # PROTO
+    0x80: Unpickler._proto,
     0x81: Unpickler._newobj,
-    0x82: lambda u: u._ext(u._unpack("<B")),
-    0x83: lambda u: u._ext(u._unpack("<H")),
-    0x84: lambda u: u._ext(u._unpack("<i")),
+    0x82: lambda u: u._ext(u._unpack("<B"), "EXT1"),
+    0x83: lambda u: u._ext(u._unpack("<H"), "EXT2"),
+    0x84: lambda u: u._ext(u._unpack("<i"), "EXT4"),
     0x85: lambda u: u._build_tuple(1),
     0x86: lambda u: u._build_tuple(2),
     0x87: lambda u: u._build_tuple(3),
@@ -568,3 +789,171 @@ _DISPATCH: dict[int, Callable[[Unpickler], None]] = {
     0x97: lambda u: u._push(Global("<out-of-band buffer>", "")),
     0x98: lambda u: None,  # READONLY_BUFFER: a no-op on what is already there
 }
+
+
+# -- scanning ----------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class PickleScan:
+    """What one pickle references, read without rebuilding anything."""
+
+    record: str  # the zip member, or the legacy pickle's role
+    start: int  # byte offset of the pickle inside the record (or file)
+    end: int | None  # after its STOP opcode; None when the pickle is broken
+    protocol: int | None
+    globals: list[GlobalRef]
+    paths: dict[int, str]  # index into `globals` -> name of the object it ends up in ("" for the root)
+    opcodes: set[str]  # names of every opcode used (pickletools' names)
+    error: str | None = None
+
+
+def scan_pickle(data: Any, record: str, start: int = 0) -> PickleScan:
+    """Run the pickle machine over one pickle without rebuilding anything and record what it references. A broken
+    pickle still reports every global named before the point where it breaks: the real unpickler would have
+    imported and called those before failing too."""
+    unpickler = Unpickler(data, lambda pid: Built("<persistent id>", pid), start, rebuild=False)
+    obj, error = None, None
+    try:
+        obj = unpickler.load()
+    except PickleError as problem:
+        error = str(problem)
+    return PickleScan(
+        record,
+        start,
+        unpickler.end if error is None else None,
+        unpickler.protocol,
+        unpickler.globals_seen,
+        reference_paths(obj) if error is None else {},
+        {_OPCODE_NAMES[op] for op in unpickler.opcodes_seen},
+        error,
+    )
+
+
+def reference_paths(obj: Any) -> dict[int, str]:
+    """For each global reference (by index), the name of the first place in `obj` holding what it built, named
+    as `flatten` names leaves: a placeholder's own name, which its call arguments share (the storage class in a
+    tensor's persistent id is "in" that tensor). Each object is visited once, so shared references cost nothing."""
+    paths: dict[int, str] = {}
+    seen: set[int] = set()
+    pending: list[tuple[Any, tuple[str, ...]]] = [(obj, ())]
+    while pending:
+        item, path = pending.pop()
+        refs = item.refs if isinstance(item, Built) else (item.ref,) if isinstance(item, Global) else ()
+        for ref in refs:
+            paths.setdefault(ref, name_of(path))
+        if not isinstance(item, (dict, list, tuple, set, frozenset, OpaqueObject)) or id(item) in seen:
+            continue
+        seen.add(id(item))
+        if len(path) > MAX_DEPTH:
+            continue
+        children: list[tuple[Any, tuple[str, ...]]] = []
+        if isinstance(item, OpaqueObject):
+            arguments = isinstance(item.contents, (list, tuple))
+            children += [(arg, path) for arg in item.contents] if arguments else [(item.contents, path)]
+            children.append((getattr(item, "state", None), path))
+        elif isinstance(item, dict):
+            for key, value in item.items():
+                children += [(key, path), (value, path + split_key(key))]
+        elif isinstance(item, (list, tuple)):
+            children += [(value, (*path, str(index))) for index, value in enumerate(item)]
+        else:
+            children += [(member, path) for member in item]
+        pending.extend(reversed(children))  # depth first, in file order: the first place wins
+    return paths
+
+
+# -- expansion -----------------------------------------------------------------------------------------------------
+
+_SCALARS = (int, float, str, bool, bytes, complex, type(None))
+_EXPANSION_BASE = 20_000_000  # work units (elements visited) allowed beyond 8 per byte of pickle
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def expansion_problem(obj: Any, pickle_size: int) -> str | None:
+    """Why listing `obj` would explode, or None. A pickle can reference one container many times (a memo GET is
+    two bytes); a list of a thousand references to a list of a thousand references to ... expands to billions of
+    elements for anything that walks it without noticing the sharing. This counts the work `tree.flatten` and
+    the renderers would do, with sharing, and stops as soon as it exceeds what the pickle's own size explains."""
+    budget = _EXPANSION_BASE + 8 * pickle_size
+    plain_memo: dict[tuple[int, int], tuple[bool, int]] = {}
+    size_memo: dict[int, int] = {}
+    total = 0
+
+    def plain(item: Any, depth: int) -> tuple[bool, int]:
+        """tree._is_plain's answer and its cost (elements it looks at), memoized per object and depth."""
+        if isinstance(item, _SCALARS):
+            return True, 1
+        if not (isinstance(item, (list, tuple, set, frozenset)) and depth < 3):
+            return False, 1
+        key = (id(item), depth)
+        if key not in plain_memo:
+            ok, cost = True, 1
+            for member in item:
+                member_ok, member_cost = plain(member, depth + 1)
+                cost += member_cost
+                if cost > budget:
+                    raise _TooLarge
+                if not member_ok:
+                    ok = False
+                    break
+            plain_memo[key] = (ok, cost)
+        return plain_memo[key]
+
+    def unrolled(item: Any, depth: int = 0) -> int:
+        """Elements a renderer visits to show a plain value (set members are small: see `_key`)."""
+        if isinstance(item, (set, frozenset)):
+            return 1 + sum(_nodes(member) for member in item)
+        if not isinstance(item, (list, tuple)) or depth > 4:
+            return 1
+        if id(item) not in size_memo:
+            size_memo[id(item)] = 1 + sum(unrolled(member, depth + 1) for member in item)
+        return size_memo[id(item)]
+
+    seen: set[int] = set()
+    pending: list[tuple[Any, int]] = [(obj, 0)]
+    try:
+        while pending:
+            item, depth = pending.pop()
+            if depth > MAX_DEPTH or isinstance(item, Tensor):
+                continue  # too deep: flatten refuses the file itself
+            is_plain = True
+            if isinstance(item, (dict, list, tuple, OpaqueObject)):
+                is_plain, cost = plain(item, 0)
+                total += cost
+                if not is_plain:
+                    if id(item) in seen:
+                        continue
+                    seen.add(id(item))
+            if isinstance(item, OpaqueObject):
+                if item.contents is not None:
+                    pending.append((item.contents, depth))
+            elif isinstance(item, dict) and item:
+                total += len(item)
+                pending.extend((value, depth + len(split_key(key))) for key, value in item.items())
+            elif isinstance(item, (list, tuple)) and not is_plain:
+                pending.extend((value, depth + 1) for value in item)
+            else:
+                total += unrolled(item)
+            if total > budget:
+                raise _TooLarge
+    except _TooLarge:
+        return (
+            f"the pickle's shared references expand to more than {budget:,} elements "
+            f"(from {pickle_size:,} bytes): refusing to walk it"
+        )
+    return None
+
+
+def _nodes(item: Any) -> int:
+    """Elements in a small hashable value (a tuple key or set member, bounded by `_key`)."""
+    count, pending = 0, [item]
+    while pending:
+        current = pending.pop()
+        count += 1
+        if isinstance(current, (tuple, frozenset)):
+            pending.extend(current)
+    return count
