@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import pathlib
 import warnings
 from dataclasses import dataclass
 from typing import Protocol
@@ -26,6 +27,11 @@ BUILTIN_LOADERS = {
     "torch": "paramctl.loaders.pytorch",
     "npz": "paramctl.loaders.npz",
 }
+
+
+# name -> module holding a `LOADER` with `sniff_directory(path) -> bool` and `load_directory(path) -> Tree`;
+# tried in this order when PATH is a folder.
+BUILTIN_DIRECTORY_LOADERS: dict[str, str] = {}
 
 
 class Loader(Protocol):
@@ -75,12 +81,29 @@ def loaders() -> list[LoaderInfo]:
 
 def open(path: str | os.PathLike[str], format: str | None = None) -> Tree:
     """Read a checkpoint's tree: headers only, no tensor data. `format` forces a loader by name."""
+    if os.path.isdir(path):
+        return _open_directory(pathlib.Path(path), format)
     probe = probe_file(path)
     loader = detect(probe, format)
     try:
         return loader.load(probe)
     except (RecursionError, MemoryError) as error:  # hostile input exhausting a resource is bad input, not a bug
         raise CorruptFileError(probe.name, f"too large or too deeply nested to read ({type(error).__name__})") from None
+
+
+def _open_directory(path: pathlib.Path, format: str | None) -> Tree:
+    """A checkpoint that is a folder (shards with an index, a DCP or Orbax checkpoint): the first directory
+    loader that recognises it."""
+    tried = []
+    for name, module in BUILTIN_DIRECTORY_LOADERS.items():
+        if format not in (None, name):
+            continue
+        loader = importlib.import_module(module).LOADER
+        tried.append(name)
+        if loader.sniff_directory(path):
+            return loader.load_directory(path)  # type: ignore[no-any-return]
+    known = f" (tried: {', '.join(tried)})" if tried else ""
+    raise FileError(str(path), f"is a directory, not a checkpoint folder{known}")
 
 
 def probe_file(path: str | os.PathLike[str]) -> Probe:
