@@ -18,7 +18,8 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-# Options shared by commands that open files.
+# Arguments and options shared by commands that open files.
+PathArgument = Annotated[str, typer.Argument(help="A checkpoint file or folder.", metavar="PATH", show_default=False)]
 FormatOption = Annotated[
     Optional[str], typer.Option("--format", help="Force a loader by name (see `paramctl formats`).", metavar="NAME")
 ]

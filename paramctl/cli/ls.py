@@ -6,7 +6,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from paramctl.cli.app import FormatOption, JsonOption, app
+from paramctl.cli.app import FormatOption, JsonOption, PathArgument, app
 from paramctl.cli.errors import fail, handles_errors
 from paramctl.cli.render import console, human_bytes, print_json, shape_text, text
 from paramctl.ops.listing import SORT_KEYS, Listing, Outline, TensorRow, ValueRow, list_tree, outline
@@ -17,7 +17,7 @@ from paramctl.registry import open as open_tree
 @app.command("ls")
 @handles_errors
 def ls_command(
-    path: Annotated[str, typer.Argument(help="A checkpoint file.", show_default=False)],
+    path: PathArgument,
     tree: Annotated[bool, typer.Option("--tree", help="Draw the nesting with subtree totals.")] = False,
     depth: Annotated[
         Optional[int], typer.Option("--depth", min=0, help="With --tree: fold everything below depth N.")
