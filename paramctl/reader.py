@@ -162,3 +162,79 @@ def parallel(tasks: Iterable[Callable[[], T]], threads: int | None = None) -> It
                 yield pending.popleft().result()
         while pending:
             yield pending.popleft().result()
+
+
+# --------------------------------------------------------------------------- windows: part of a tensor, read alone
+# Added for `show` (issue 9): a selection of a tensor reads only the bytes between its first and last element.
+
+
+def window(tensor: Tensor, offset: int, shape: tuple[int, ...], strides: tuple[int, ...]) -> np.ndarray:
+    """The elements at `offset + Σ i·strides` (in elements, any sign) of the tensor's storage, with `shape`.
+
+    Only the byte span between the first and the last of those elements is handed out by the source, so one row of
+    a 1 GiB matrix reads one row; the result is a read-only view of it. Stream data (a deflated member) is
+    decompressed once up to the span's end, a chunk at a time, keeping only the selected elements.
+    """
+    dtype = numpy_dtype(tensor.dtype)
+    if 0 in shape:
+        return np.empty(shape, dtype)
+    first = offset + sum((n - 1) * s for n, s in zip(shape, strides) if s < 0)
+    last = offset + sum((n - 1) * s for n, s in zip(shape, strides) if s > 0)
+    itemsize = dtype.itemsize
+    if first < 0 or (last + 1) * itemsize > tensor.storage.nbytes:
+        raise ValueError(f"window [{first}, {last}] lies outside storage {tensor.storage.key!r}")
+    data = tensor.storage.data
+    if isinstance(data, Stream):
+        return _stream_window(tensor, data, offset, shape, strides)
+    if not isinstance(data, ByteRange):
+        raise CorruptFileError(tensor.storage.key, "storage holds no data")
+    span = _element_view(data.source.view(data.offset + first * itemsize, (last - first + 1) * itemsize), tensor)
+    # The same raw-record striding as `array` (as_strided loses ml_dtypes types); negative strides step back
+    # from `offset` into the span, which starts at `first`.
+    strided = np.lib.stride_tricks.as_strided(
+        span.view(f"V{itemsize}")[offset - first :],
+        shape=shape,
+        strides=tuple(s * itemsize for s in strides),
+        writeable=False,
+    )
+    return strided.view(span.dtype)
+
+
+def _stream_window(
+    tensor: Tensor, data: Stream, offset: int, shape: tuple[int, ...], strides: tuple[int, ...]
+) -> np.ndarray:
+    """One front-to-back pass over a stream, copying out the selected elements chunk by chunk."""
+    dtype = numpy_dtype(tensor.dtype)
+    positions = np.full((), offset, dtype=np.int64)
+    for axis, (n, s) in enumerate(zip(shape, strides)):
+        positions = positions[..., None] + np.arange(n, dtype=np.int64).reshape((1,) * axis + (n,)) * s
+    flat_positions = positions.reshape(-1)
+    order = np.argsort(flat_positions, kind="stable")
+    wanted = flat_positions[order]
+    out = np.empty(len(wanted), dtype)
+    itemsize, chunk_bytes = dtype.itemsize, max(dtype.itemsize, CHUNK_BYTES - CHUNK_BYTES % dtype.itemsize)
+    done, start = 0, 0  # wanted[:done] are copied; `start` is the element index of the next byte read
+    with data.open() as stream:
+        while done < len(wanted):
+            raw = _read_full(stream, chunk_bytes)
+            stop = start + len(raw) // itemsize
+            upto = int(np.searchsorted(wanted, stop))
+            if stop == start:
+                raise CorruptFileError(tensor.storage.key, f"data ends before element {wanted[done]}")
+            if upto > done:
+                values = _element_view(raw, tensor)
+                out[order[done:upto]] = values[wanted[done:upto] - start]
+            done, start = upto, stop
+    return out.reshape(shape)
+
+
+def _read_full(stream: Any, size: int) -> bytes:
+    """Up to `size` bytes, fewer only at the end (a stream's `read` may return short)."""
+    parts, remaining = [], size
+    while remaining:
+        part = stream.read(remaining)
+        if not part:
+            break
+        parts.append(part)
+        remaining -= len(part)
+    return b"".join(parts)
