@@ -11,6 +11,7 @@ import io
 import mmap
 import os
 import stat
+import threading
 from typing import BinaryIO
 
 from paramctl.errors import CorruptFileError, FileError
@@ -53,6 +54,7 @@ class FileSource(ByteSource):
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.name = os.fspath(path)
         self.bytes_read = 0  # bytes handed out through `view`: lets tests prove a command read only what it needed
+        self._count_lock = threading.Lock()  # views are handed out from reader threads
         try:
             info = os.stat(self.name)
         except FileNotFoundError:
@@ -81,7 +83,8 @@ class FileSource(ByteSource):
 
     def view(self, offset: int, length: int) -> memoryview:
         self.check_range(offset, length, "a read")
-        self.bytes_read += length
+        with self._count_lock:
+            self.bytes_read += length
         return self._view[offset : offset + length]
 
     def release(self, offset: int, length: int) -> None:
