@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 import typer
 
 from paramctl.cli.app import FormatOption, JsonOption, app
-from paramctl.cli.errors import EXIT_DIFFERENT, handles_errors
+from paramctl.cli.errors import EXIT_DIFFERENT, fail, handles_errors
 from paramctl.cli.progress import progress
 from paramctl.cli.render import console, print_json, shape_text, text
 from paramctl.registry import open as open_tree
@@ -23,7 +23,15 @@ SPARKS = "▁▂▃▄▅▆▇█"
 @app.command("stat")
 @handles_errors
 def stat_command(
-    path: Annotated[str, typer.Argument(help="A checkpoint file.", show_default=False)],
+    path: Annotated[
+        Optional[str],
+        typer.Argument(
+            help="A checkpoint file or folder; with --check-finite and without it, the finite rules of the "
+            "repository's configuration.",
+            metavar="[PATH]",
+            show_default=False,
+        ),
+    ] = None,
     names: Annotated[
         Optional[list[str]],
         typer.Argument(
@@ -55,6 +63,13 @@ def stat_command(
     """
     from paramctl.ops.stats import stat_tree
 
+    if path is None:
+        if not check_finite:
+            raise fail("missing PATH")
+        from paramctl.cli.check import run_configured_rules
+        from paramctl.ops.check import FINITE_RULES
+
+        return run_configured_rules(FINITE_RULES, "finite", json)
     tree = open_tree(path, format)
     stats = stat_tree(tree, names, depth=depth, hist=hist, progress=partial(progress, description="stat"))
     if json:

@@ -34,7 +34,14 @@ from paramctl.registry import open as open_tree
 @app.command("ties")
 @handles_errors
 def ties_command(
-    path: Annotated[str, typer.Argument(help="A checkpoint file.", show_default=False)],
+    path: Annotated[
+        Optional[str],
+        typer.Argument(
+            help="A checkpoint file or folder; without it, the tie rules of the repository's configuration.",
+            metavar="[PATH]",
+            show_default=False,
+        ),
+    ] = None,
     by: Annotated[
         str,
         typer.Option(
@@ -65,6 +72,11 @@ def ties_command(
     json: JsonOption = False,
 ) -> None:
     """Show tied parameters: shared storage (tied, transposed, overlapping views) or identical values; assert them."""
+    if path is None:
+        from paramctl.cli.check import run_configured_rules
+        from paramctl.ops.check import TIE_RULES
+
+        return run_configured_rules(TIE_RULES, "tie", json)
     if by not in (BY_STORAGE, BY_VALUE):
         raise fail(f"--by must be {BY_STORAGE} or {BY_VALUE}, not {by!r}")
     expects = [parse_expect(item) for item in expect or []]

@@ -55,6 +55,7 @@ class DiffOptions:
     allow_dropped_ties: bool = False
     compare_metadata: bool = True
     list_all: bool = False
+    count_nonfinite_a: bool = False  # also count A's NaN/±Inf in the same pass (for `check`'s finite rule)
     chunk_elements: int | None = None  # None: the reader's chunk size for the wider dtype
     threads: int | None = None  # None: every core
 
@@ -207,6 +208,7 @@ class DiffResult:
     metadata_changed: list[MetadataChange] = field(default_factory=list)
     dropped_ties: list[DroppedTie] = field(default_factory=list)
     equal_count: int = 0  # tensors equal on both sides
+    nonfinite_a: dict[str, int] | None = None  # with count_nonfinite_a: every compared name of A -> NaN/±Inf count
 
     @property
     def different_count(self) -> int:
@@ -386,6 +388,10 @@ class Comparison:
         advance = advance or (lambda nbytes: None)
         _run_jobs(list(self.jobs.values()), self.options, advance)
         result = self.result
+        if self.options.count_nonfinite_a:
+            result.nonfinite_a = {
+                name: self.jobs[_view_pair_key(a, b)].total.nonfinite_a for name, (a, b) in self.pairs.items()
+            }
         for name, (_, leaf) in self.a.leaves.items():
             other = self.b.leaves.get(name)
             if other is None or not isinstance(leaf, Tensor) or not isinstance(other[1], Tensor):
@@ -539,6 +545,7 @@ class _Spec:
     atol: float
     rtol: float
     nan_equal: bool
+    count_nonfinite: bool  # count A's non-finite elements while comparing
 
     @staticmethod
     def of(a: Tensor, b: Tensor, options: DiffOptions) -> _Spec:
@@ -554,6 +561,7 @@ class _Spec:
             atol=options.atol,
             rtol=options.rtol,
             nan_equal=options.nan_equal,
+            count_nonfinite=options.count_nonfinite_a and a.dtype.kind in "fc",
         )
 
     def bytes_settle(self, x: np.ndarray, y: np.ndarray) -> bool:
@@ -648,9 +656,11 @@ class _Partial:
     max_rel: float = 0.0
     norms: _Norms = field(default_factory=_Norms)
     settled: list[tuple[int, int]] = field(default_factory=list)  # element ranges skipped as byte-equal
+    nonfinite_a: int = 0  # with count_nonfinite: A's NaN and ±Inf elements
 
     def merge(self, other: _Partial) -> None:
         self.numel += other.numel
+        self.nonfinite_a += other.nonfinite_a
         self.mismatched += other.mismatched
         self.max_abs = max(self.max_abs, other.max_abs)
         self.max_rel = max(self.max_rel, other.max_rel)
@@ -699,9 +709,10 @@ def _numeric_block(spec: _Spec, x: np.ndarray, y: np.ndarray) -> _Partial:
 
 def _compare_values(spec: _Spec, start: int, x: np.ndarray, y: np.ndarray) -> _Partial:
     """Elements [start, start+len(x)) of a pair: byte-equal blocks are settled without numeric work."""
+    nonfinite = len(x) - int(np.count_nonzero(np.isfinite(x))) if spec.count_nonfinite else 0
     if spec.bytes_settle(x, y):
-        return _Partial(numel=len(x), settled=[(start, start + len(x))])
-    part = _Partial()
+        return _Partial(numel=len(x), settled=[(start, start + len(x))], nonfinite_a=nonfinite)
+    part = _Partial(nonfinite_a=nonfinite)
     for i in range(0, len(x), BLOCK):
         xs, ys = x[i : i + BLOCK], y[i : i + BLOCK]
         if spec.bytes_settle(xs, ys):  # the rest of a chunk with one changed element: only its norms are needed
