@@ -63,3 +63,28 @@ def sharing_groups(identities: dict[str, Any]) -> set[frozenset[str]]:
     for name, identity in identities.items():
         groups.setdefault(identity, set()).add(name)
     return {frozenset(g) for g in groups.values() if len(g) > 1}
+
+
+def safetensors_aliases(path: Path) -> dict[str, str]:
+    """save_model's metadata: {dropped name: the stored name it is}."""
+    from safetensors import safe_open
+
+    with safe_open(path, "pt") as handle:
+        stored = set(handle.keys())
+        return {k: v for k, v in (handle.metadata() or {}).items() if k not in stored and v in stored}
+
+
+def reference_values(path: Path, convert: Any) -> dict[str, np.ndarray]:
+    """name -> values as the format's own library reads the file (torch tensors through `convert`)."""
+    import torch
+    from safetensors.torch import load_file
+
+    if path.suffix == ".npz":
+        with np.load(path) as archive:
+            return {name: archive[name] for name in archive.files}
+    if path.suffix == ".safetensors":
+        loaded = load_file(path)
+        loaded |= {alias: loaded[kept] for alias, kept in safetensors_aliases(path).items()}
+        return {name: convert(t) for name, t in loaded.items()}
+    flat = reference_flatten(torch.load(path, weights_only=True))
+    return {name: convert(t) for name, t in flat.items() if isinstance(t, torch.Tensor)}

@@ -22,7 +22,8 @@ import safetensors.torch
 import torch
 from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
-from reference import FIXTURES, reference_flatten
+from reference import FIXTURES
+from reference import reference_values as shared_reference_values
 from typer.testing import CliRunner
 
 import paramctl
@@ -67,16 +68,7 @@ def numpy_text(values: np.ndarray, precision: int = 8) -> str:
 
 def reference_values(path: Path) -> dict[str, np.ndarray]:
     """name -> values, as the format's own library reads the file."""
-    if path.suffix == ".npz":
-        with np.load(path) as archive:
-            return {name: archive[name] for name in archive.files}
-    if path.suffix == ".safetensors":
-        loaded = safetensors.torch.load_file(path)
-        with safetensors.safe_open(path, "pt") as handle:  # save_model's aliases: {dropped name: stored name}
-            aliases = {k: v for k, v in (handle.metadata() or {}).items() if k not in loaded and v in loaded}
-        return {name: as_numpy(t) for name, t in loaded.items()} | {k: as_numpy(loaded[v]) for k, v in aliases.items()}
-    flat = reference_flatten(torch.load(path, weights_only=True))
-    return {name: as_numpy(t) for name, t in flat.items() if isinstance(t, torch.Tensor)}
+    return shared_reference_values(path, as_numpy)
 
 
 def selected(path: Path, spec: str, full: bool = True) -> tuple[Selection, Any]:

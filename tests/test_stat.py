@@ -19,7 +19,8 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
-from reference import FIXTURES, reference_flatten
+from reference import FIXTURES, reference_flatten, safetensors_aliases
+from reference import reference_values as shared_reference_values
 from typer.testing import CliRunner
 
 import paramctl
@@ -95,23 +96,7 @@ def assert_matches(ours: dict[str, Any], expected: dict[str, Any], name: str) ->
 
 def reference_values(path: Path) -> dict[str, np.ndarray]:
     """name -> values, as the format's own library reads the file."""
-    if path.suffix == ".npz":
-        with np.load(path) as archive:
-            return {name: archive[name] for name in archive.files}
-    if path.suffix == ".safetensors":
-        loaded = safetensors.torch.load_file(path)
-        for alias, kept in safetensors_aliases(path).items():
-            loaded[alias] = loaded[kept]
-        return {name: as_numpy(t) for name, t in loaded.items()}
-    flat = reference_flatten(torch.load(path, weights_only=True))
-    return {name: as_numpy(t) for name, t in flat.items() if isinstance(t, torch.Tensor)}
-
-
-def safetensors_aliases(path: Path) -> dict[str, str]:
-    """save_model's metadata: {dropped name: the stored name it is}."""
-    with safetensors.safe_open(path, "pt") as handle:
-        stored = set(handle.keys())
-        return {k: v for k, v in (handle.metadata() or {}).items() if k not in stored and v in stored}
+    return shared_reference_values(path, as_numpy)
 
 
 def unique_reference(path: Path, names: list[str]) -> list[np.ndarray]:
