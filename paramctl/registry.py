@@ -14,6 +14,7 @@ import warnings
 from dataclasses import dataclass
 from typing import Protocol
 
+from paramctl import remote
 from paramctl.errors import CorruptFileError, FileError, UnknownFormatError, UsageError
 from paramctl.probe import Probe
 from paramctl.source import FileSource
@@ -26,12 +27,19 @@ BUILTIN_LOADERS = {
     "safetensors": "paramctl.loaders.safetensors",
     "torch": "paramctl.loaders.pytorch",
     "npz": "paramctl.loaders.npz",
+    "torchscript": "paramctl.loaders.torchscript",
+    "sharded": "paramctl.loaders.sharded",
+    "flax": "paramctl.loaders.flax_msgpack",
 }
 
 
 # name -> module holding a `LOADER` with `sniff_directory(path) -> bool` and `load_directory(path) -> Tree`;
 # tried in this order when PATH is a folder.
-BUILTIN_DIRECTORY_LOADERS: dict[str, str] = {}
+BUILTIN_DIRECTORY_LOADERS: dict[str, str] = {
+    "orbax": "paramctl.loaders.orbax",
+    "dcp": "paramctl.loaders.dcp",
+    "sharded": "paramctl.loaders.sharded",  # last: any folder holding a checkpoint file
+}
 
 
 class Loader(Protocol):
@@ -81,7 +89,9 @@ def loaders() -> list[LoaderInfo]:
 
 def open(path: str | os.PathLike[str], format: str | None = None) -> Tree:
     """Read a checkpoint's tree: headers only, no tensor data. `format` forces a loader by name."""
-    if os.path.isdir(path):
+    if remote.is_url(path):  # a URL (paramctl/remote.py); file:// is a local path
+        path = remote.local_path(path) or path
+    if not remote.is_url(path) and os.path.isdir(path):
         return _open_directory(pathlib.Path(path), format)
     probe = probe_file(path)
     loader = detect(probe, format)
@@ -108,7 +118,9 @@ def _open_directory(path: pathlib.Path, format: str | None) -> Tree:
 
 def probe_file(path: str | os.PathLike[str]) -> Probe:
     """A local file opened read-only for loaders to look at; the path itself is checked first (a directory, FIFO,
-    device, broken link or unreadable file is refused with a FileError naming it)."""
+    device, broken link or unreadable file is refused with a FileError naming it). A URL opens remotely."""
+    if remote.is_url(path):
+        return remote.open_probe(str(path))
     source = FileSource(path)
     if source.size == 0:
         raise FileError(source.name, "empty file")

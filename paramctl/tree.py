@@ -8,6 +8,7 @@ rebuild. Tensors point into storages; tensors that point into the same storage s
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Union
@@ -37,13 +38,117 @@ class Stream:
     nbytes: int
 
 
+@dataclass(frozen=True)
+class Pieces:
+    """Data stored as-is in several byte ranges of one source, read as their concatenation (a format that splits a
+    large array into chunks). Every range holds whole elements of the tensors that view the storage."""
+
+    ranges: tuple[ByteRange, ...]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(r.nbytes for r in self.ranges)
+
+
+class Block:
+    """One rectangular piece of a `Blocks` buffer: where it sits in the whole, and its values as a lazy Tensor.
+
+    `load` runs on first use only, and its tensor is kept: finding a block's bytes may mean reading a small header of
+    its own (a chunk saved as a torch.save archive), which listing a checkpoint must not do. Added for distributed
+    checkpoints (issue 12).
+    """
+
+    def __init__(self, offsets: tuple[int, ...], sizes: tuple[int, ...], load: Callable[[], Tensor]) -> None:
+        self.offsets = offsets  # where the block starts in each dimension of the whole
+        self.sizes = sizes
+        self._load = load
+        self._tensor: Tensor | None = None
+        self._lock = threading.Lock()  # reader threads may ask for one block at once: it is loaded once
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.sizes)
+
+    @property
+    def loaded(self) -> bool:
+        return self._tensor is not None
+
+    def tensor(self) -> Tensor:
+        """The block's values: a lazy tensor of shape `sizes`, in a storage of its own."""
+        with self._lock:
+            if self._tensor is None:
+                self._tensor = self._load()
+            return self._tensor
+
+
+@dataclass(frozen=True)
+class Blocks:
+    """Data assembled from rectangular blocks that tile a row-major array of `shape` exactly once, each block an
+    ordinary lazy Tensor in its own storage, possibly in another file (the chunks of a distributed checkpoint).
+
+    Reads gather a range of elements from the blocks it intersects (reader.py), so the whole is never built. Unlike
+    `Pieces` (a concatenation of byte ranges of one source, known when the file is opened), blocks are N-dimensional
+    boxes whose bytes are found only when first read. Loaders check the tiling with `blocks_problem`.
+    """
+
+    shape: tuple[int, ...]
+    blocks: tuple[Block, ...]
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+
+def blocks_problem(shape: tuple[int, ...], blocks: tuple[Block, ...] | list[Block], noun: str = "block") -> str | None:
+    """Why `blocks` do not tile an array of `shape` exactly once, or None when they do (`noun` names a block in
+    the message: a loader says "chunk").
+
+    Checked arithmetically: every block lies inside the shape, no two overlap, and their volumes add up to the
+    whole (then every element is in exactly one block)."""
+    ndim, total = len(shape), 0
+    for block in blocks:
+        where = f"{noun} at {list(block.offsets)} with sizes {list(block.sizes)}"
+        if len(block.offsets) != ndim or len(block.sizes) != ndim:
+            return f"{where} does not have the {ndim} dimensions of shape {list(shape)}"
+        if any(o < 0 or n < 0 or o + n > s for o, n, s in zip(block.offsets, block.sizes, shape)):
+            return f"{where} lies outside the shape {list(shape)}"
+        total += block.numel
+    if (pair := _overlapping_blocks(blocks)) is not None:
+        a, b = (f"{list(x.offsets)} (sizes {list(x.sizes)})" for x in pair)
+        return f"{noun}s at {a} and {b} overlap"
+    numel = math.prod(shape)
+    if total != numel:
+        return f"the {noun}s leave {numel - total:,} of the {numel:,} elements of shape {list(shape)} uncovered"
+    return None
+
+
+def _overlapping_blocks(blocks: tuple[Block, ...] | list[Block]) -> tuple[Block, Block] | None:
+    """Two non-empty blocks that share an element, or None: a sweep along the axis with the most distinct starts
+    (a grid of shards compares each block with its neighbours along that axis only)."""
+    boxes = [b for b in blocks if b.numel]
+    if len(boxes) < 2:
+        return None
+    if not boxes[0].offsets:  # 0-d: every block is the one element
+        return boxes[0], boxes[1]
+    axis = max(range(len(boxes[0].offsets)), key=lambda a: len({b.offsets[a] for b in boxes}))
+    boxes.sort(key=lambda b: b.offsets[axis])
+    for i, a in enumerate(boxes):
+        end = a.offsets[axis] + a.sizes[axis]
+        for b in boxes[i + 1 :]:
+            if b.offsets[axis] >= end:
+                break
+            if all(ao < bo + bn and bo < ao + an for ao, an, bo, bn in zip(a.offsets, a.sizes, b.offsets, b.sizes)):
+                return a, b
+    return None
+
+
 @dataclass(eq=False)
 class Storage:
     """One buffer of a file. Tensors that point into the same Storage object share memory."""
 
     key: str
     nbytes: int
-    data: ByteRange | Stream | None = None  # None for a storage without data (never read)
+    data: ByteRange | Stream | Pieces | Blocks | None = None  # None for a storage without data (never read)
     location: str | None = None  # the device tag the file recorded: cpu, cuda:0, mps (shown, never needed)
     byteorder: str = "little"
 

@@ -28,6 +28,8 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object 
 
 class Settings:
     debug = False
+    timeout = 30.0  # seconds a remote request may wait for a byte (paramctl/remote.py)
+    allow_full_download = False  # download a large file from a server without range support
 
 
 def _version(value: bool) -> None:
@@ -42,5 +44,22 @@ def main(
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
     ] = False,
+    timeout: Annotated[
+        float,
+        typer.Option(
+            "--timeout", min=0.001, metavar="SECONDS", help="URLs: fail a request after this long without data."
+        ),
+    ] = Settings.timeout,
+    allow_full_download: Annotated[
+        bool,
+        typer.Option(
+            "--allow-full-download",
+            help="URLs: download a file over 256 MiB whole (to a temporary file) from a server without range support.",
+        ),
+    ] = False,
 ) -> None:
+    from paramctl import remote  # no fsspec: that is imported only when a URL is opened
+
     Settings.debug = debug
+    Settings.timeout, Settings.allow_full_download = timeout, allow_full_download
+    remote.configure(timeout=timeout, allow_full_download=allow_full_download)

@@ -41,6 +41,14 @@ def parse_operand(operand: str) -> tuple[str, str | None]:
     return path, subtree
 
 
+def parse_rename(rule: str) -> tuple[str, str]:
+    """`REGEX=REPLACEMENT` split at the last `=`: a regex may hold `=` (a lookahead `(?=…)`), a replacement not."""
+    regex, equals, replacement = rule.rpartition("=")
+    if not equals or not regex:
+        raise UsageError(f"--rename {rule!r}: expected REGEX=REPLACEMENT")
+    return regex, replacement
+
+
 @app.command("diff")
 @handles_errors
 def diff_command(
@@ -75,6 +83,22 @@ def diff_command(
         Optional[list[str]],
         typer.Option("--exclude", help="Skip names matching this glob (repeatable).", metavar="GLOB"),
     ] = None,
+    rename: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            "--rename",
+            help="Rename B's names: re.sub(REGEX, REPLACEMENT), split at the last '=' (repeatable, in order).",
+            metavar="REGEX=REPLACEMENT",
+        ),
+    ] = None,
+    transpose: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            "--transpose",
+            help="Compare B's 2-D tensor transposed where the name (after renaming) matches this glob (repeatable).",
+            metavar="GLOB",
+        ),
+    ] = None,
     allow_dropped_ties: Annotated[
         bool,
         typer.Option(
@@ -91,6 +115,10 @@ def diff_command(
     Exit 0 when equal under the tolerance, 1 when anything differs, 2 on bad input.
 
     PATH::SUBTREE compares the names under SUBTREE: `paramctl diff train.pt::model model.safetensors`.
+
+    A Flax checkpoint against its PyTorch port: `paramctl diff model.pt flax.msgpack
+    --rename 'params\\.layers_(\\d+)\\.kernel=\\1.weight' --rename 'params\\.layers_(\\d+)\\.bias=\\1.bias'
+    --transpose '*.weight'`.
     """
     from paramctl.ops.diff import Comparison, DiffOptions
 
@@ -106,6 +134,8 @@ def diff_command(
         strip_prefixes=tuple(strip_prefix or ()),
         select=tuple(select or ()),
         exclude=tuple(exclude or ()),
+        rename=tuple(parse_rename(rule) for rule in rename or ()),
+        transpose=tuple(transpose or ()),
         allow_dropped_ties=allow_dropped_ties,
         compare_metadata=not ignore_metadata,
         list_all=show_all,

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from paramctl.cli.app import FormatOption, JsonOption, PathArgument, app
-from paramctl.cli.errors import fail, handles_errors
+from paramctl.cli.errors import EXIT_DIFFERENT, escape, fail, handles_errors
 from paramctl.cli.render import console, human_bytes, print_json, shape_text, text
 from paramctl.ops.listing import SORT_KEYS, Listing, Outline, TensorRow, ValueRow, list_tree, outline
 from paramctl.ops.ties import ANCHOR, TRANSPOSED
@@ -30,7 +30,9 @@ def ls_command(
     format: FormatOption = None,
     json: JsonOption = False,
 ) -> None:
-    """List tensors (name, dtype, shape, numel, size, ties), plain values and totals. Reads headers only."""
+    """List tensors (name, dtype, shape, numel, size, ties), plain values and totals. Reads headers only.
+
+    Exit 1 when a sharded checkpoint's index disagrees with its shards (each problem is listed); 2 bad input."""
     if sort not in SORT_KEYS:
         raise fail(f"--sort must be one of {', '.join(SORT_KEYS)}, not {sort!r}")
     listing = list_tree(open_tree(path, format), filters, sort)
@@ -40,6 +42,17 @@ def ls_command(
         _print_outline(listing, depth)
     else:
         _print_table(listing)
+    if not json:
+        for problem in listing.inconsistencies:
+            console().print(text(f"inconsistent: {problem['message']}"))
+    if listing.inconsistencies:  # the listing is complete, but the index promises what the shards do not hold
+        count = len(listing.inconsistencies)
+        typer.echo(
+            f"paramctl: {escape(listing.file)}: {count} inconsistenc{'y' if count == 1 else 'ies'} between the index "
+            "and its shards",
+            err=True,
+        )
+        raise typer.Exit(EXIT_DIFFERENT)
 
 
 def _tie_text(row: TensorRow) -> str:
@@ -68,6 +81,7 @@ def _print_table(listing: Listing) -> None:
     from rich.table import Table
 
     table = Table(box=None, pad_edge=False, header_style="bold")
+    sharded = any(row.shard is not None for row in listing.tensors)
     for column, justify in (
         ("name", "left"),
         ("dtype", "left"),
@@ -75,6 +89,7 @@ def _print_table(listing: Listing) -> None:
         ("numel", "right"),
         ("size", "right"),
         ("tie", "left"),
+        *((("shard", "left"),) if sharded else ()),
     ):
         table.add_column(column, justify=justify, overflow="fold")  # type: ignore[arg-type]
     for row in listing.tensors:
@@ -86,6 +101,7 @@ def _print_table(listing: Listing) -> None:
             f"{t.numel:,}",
             human_bytes(t.nbytes),
             text(_tie_text(row)),
+            *((text(row.shard or ""),) if sharded else ()),
         )
     out = console()
     if listing.tensors:

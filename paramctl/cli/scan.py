@@ -10,6 +10,7 @@ import typer
 from paramctl.cli.app import FormatOption, JsonOption, app
 from paramctl.cli.errors import EXIT_BAD_INPUT, EXIT_DIFFERENT, EXIT_OK, escape, handles_errors
 from paramctl.cli.render import console, print_json, text
+from paramctl.errors import ParamctlError
 from paramctl.ops.scan import BLOCKED, DANGEROUS, UNKNOWN, Finding, ScanResult, scan, torch_name
 
 _STYLES = {"dangerous": "bold red", "unknown": "yellow", "inert": "", "rebuilt": "dim"}
@@ -19,23 +20,41 @@ _WHERE_SHOWN = 3  # places listed per global in the table; --json lists them all
 @app.command("scan")
 @handles_errors
 def scan_command(
-    path: Annotated[str, typer.Argument(help="A checkpoint file (or a bare pickle).", show_default=False)],
+    paths: Annotated[
+        list[str],
+        typer.Argument(help="Checkpoint files (or bare pickles).", metavar="PATH...", show_default=False),
+    ],
     format: FormatOption = None,
     json: JsonOption = False,
 ) -> None:
     """List every global the file's pickles reference, where, and how dangerous it is; what
     torch.load(weights_only=True) would refuse; and whether the file is well formed. Nothing is executed.
 
-    Exit 1 if anything dangerous is referenced, else 2 if the file is broken, else 0."""
-    result = scan(path, format)
+    Exit 1 if anything dangerous is referenced, else 2 if the file is broken, else 0. Several files (as a
+    pre-commit hook passes them) are scanned one by one (JSON: {"files": [...]}), with the same rule over all."""
+    results, dangerous, broken = [], False, False
+    for path in paths:
+        try:
+            result = scan(path, format)
+        except ParamctlError as error:
+            if len(paths) == 1:
+                raise
+            typer.echo(f"paramctl: {escape(str(error))}", err=True)  # the other files are still scanned
+            broken = True
+            continue
+        results.append(result)
+        if not json:
+            _print_report(result)
+        dangerous = dangerous or bool(result.dangerous)
+        if not result.valid:
+            if len(paths) > 1 or not result.dangerous:  # one file: exit 1 says it all, as before
+                typer.echo(f"paramctl: {escape(result.file)}: {escape(result.problems[0])}", err=True)
+            broken = True
     if json:
-        print_json(result.as_json())
-    else:
-        _print_report(result)
-    if result.dangerous:
+        print_json(results[0].as_json() if len(paths) == 1 else {"files": [r.as_json() for r in results]})
+    if dangerous:
         raise typer.Exit(EXIT_DIFFERENT)
-    if not result.valid:
-        typer.echo(f"paramctl: {escape(result.file)}: {escape(result.problems[0])}", err=True)
+    if broken:
         raise typer.Exit(EXIT_BAD_INPUT)
     raise typer.Exit(EXIT_OK)
 

@@ -9,9 +9,10 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 import typer
 
 from paramctl.cli.app import FormatOption, JsonOption, app
-from paramctl.cli.errors import EXIT_DIFFERENT, fail, handles_errors
+from paramctl.cli.errors import EXIT_BAD_INPUT, EXIT_DIFFERENT, escape, fail, handles_errors
 from paramctl.cli.progress import progress
 from paramctl.cli.render import console, print_json, shape_text, text
+from paramctl.errors import ParamctlError
 from paramctl.registry import open as open_tree
 
 if TYPE_CHECKING:  # the op imports NumPy: only `stat` itself should pay for it, not every command's start-up
@@ -48,6 +49,13 @@ def stat_command(
     check_finite: Annotated[
         bool, typer.Option("--check-finite", help="Exit 1 and list the tensors that hold a NaN or an infinity.")
     ] = False,
+    files: Annotated[
+        bool,
+        typer.Option(
+            "--files",
+            help="Every argument is a checkpoint PATH (no NAME-GLOBs): several files, as pre-commit passes them.",
+        ),
+    ] = False,
     format: FormatOption = None,
     json: JsonOption = False,
 ) -> None:
@@ -60,6 +68,8 @@ def stat_command(
     Complex tensors: statistics of the magnitude |x|. Names that share memory (tied weights) are read once.
 
     Exit codes: 0 ok; 1 with --check-finite when a NaN or an infinity is present; 2 bad input.
+    With --files and several files: each file in turn (JSON: {"files": [...]}), 2 if any is unreadable, else 1 if
+    any holds a NaN or an infinity under --check-finite.
     """
     from paramctl.ops.stats import stat_tree
 
@@ -70,6 +80,8 @@ def stat_command(
         from paramctl.ops.check import FINITE_RULES
 
         return run_configured_rules(FINITE_RULES, "finite", json)
+    if files:  # added for the pre-commit hook (issue 7), which passes any number of files
+        return _stat_files([path, *(names or [])], depth, hist, check_finite, format, json)
     tree = open_tree(path, format)
     stats = stat_tree(tree, names, depth=depth, hist=hist, progress=partial(progress, description="stat"))
     if json:
@@ -79,6 +91,36 @@ def stat_command(
         if check_finite:
             _print_finite_check(stats)
     if check_finite and stats.nonfinite:
+        raise typer.Exit(EXIT_DIFFERENT)
+
+
+def _stat_files(
+    paths: list[str], depth: int | None, hist: bool, check_finite: bool, format: str | None, json: bool
+) -> None:
+    """`stat --files A B …`: each file as `stat A` shows it; a file that cannot be read is reported and skipped."""
+    from paramctl.ops.stats import stat_tree
+
+    documents, unreadable, nonfinite = [], False, False
+    for path in paths:
+        try:
+            stats = stat_tree(open_tree(path, format), depth=depth, hist=hist)
+        except ParamctlError as error:
+            typer.echo(f"paramctl: {escape(str(error))}", err=True)
+            unreadable = True
+            continue
+        nonfinite = nonfinite or bool(stats.nonfinite)
+        if json:
+            documents.append(stats.as_json())
+            continue
+        console().print(text(f"{stats.file}:", "bold"))
+        _print_table(stats, hist)
+        if check_finite:
+            _print_finite_check(stats)
+    if json:
+        print_json({"files": documents})
+    if unreadable:
+        raise typer.Exit(EXIT_BAD_INPUT)
+    if check_finite and nonfinite:
         raise typer.Exit(EXIT_DIFFERENT)
 
 

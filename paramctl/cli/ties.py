@@ -7,8 +7,9 @@ from typing import Annotated, Optional
 import typer
 
 from paramctl.cli.app import FormatOption, JsonOption, app
-from paramctl.cli.errors import EXIT_DIFFERENT, escape, fail, handles_errors
+from paramctl.cli.errors import EXIT_BAD_INPUT, EXIT_DIFFERENT, escape, fail, handles_errors
 from paramctl.cli.render import console, print_json, shape_text, text
+from paramctl.errors import ParamctlError
 from paramctl.ops.ties import (
     ANCHOR,
     BY_STORAGE,
@@ -34,11 +35,12 @@ from paramctl.registry import open as open_tree
 @app.command("ties")
 @handles_errors
 def ties_command(
-    path: Annotated[
-        Optional[str],
+    paths: Annotated[
+        Optional[list[str]],
         typer.Argument(
-            help="A checkpoint file or folder; without it, the tie rules of the repository's configuration.",
-            metavar="[PATH]",
+            help="Checkpoint files or folders (each checked alone); without one, the tie rules of the repository's "
+            "configuration.",
+            metavar="[PATH]...",
             show_default=False,
         ),
     ] = None,
@@ -71,8 +73,11 @@ def ties_command(
     format: FormatOption = None,
     json: JsonOption = False,
 ) -> None:
-    """Show tied parameters: shared storage (tied, transposed, overlapping views) or identical values; assert them."""
-    if path is None:
+    """Show tied parameters: shared storage (tied, transposed, overlapping views) or identical values; assert them.
+
+    Several PATHs (as a pre-commit hook passes them) are checked one by one (JSON: {"files": [...]}): exit 2 if one
+    cannot be read, else 1 if an assertion fails for any."""
+    if not paths:
         from paramctl.cli.check import run_configured_rules
         from paramctl.ops.check import TIE_RULES
 
@@ -83,20 +88,36 @@ def ties_command(
     previous = load_baseline(baseline) if baseline is not None else None
     if previous is not None and previous["by"] != by:
         raise fail(f"{baseline}: made with --by {previous['by']}; compare it with --by {previous['by']}")
-    tree = open_tree(path, format)
-    result = find_ties(tree, by, include_packed)
-    problems = check_expectations(result, expects, (name for name, _ in tree.tensors()))
-    if expect_none:
-        problems += check_no_ties(result)
-    if previous is not None:
-        problems += compare_baseline(result, previous)
+    documents, failed, unreadable = [], False, False
+    for path in paths:
+        try:
+            tree = open_tree(path, format)
+            result = find_ties(tree, by, include_packed)
+        except ParamctlError as error:
+            if len(paths) == 1:
+                raise
+            typer.echo(f"paramctl: {escape(str(error))}", err=True)  # the other files are still checked
+            unreadable = True
+            continue
+        problems = check_expectations(result, expects, (name for name, _ in tree.tensors()))
+        if expect_none:
+            problems += check_no_ties(result)
+        if previous is not None:
+            problems += compare_baseline(result, previous)
+        if json:
+            documents.append({**result.as_json(), "problems": problems})
+        else:
+            if len(paths) > 1:
+                console().print(text(f"{tree.file}:", "bold"))
+            _print(result)
+        for problem in problems:
+            typer.echo(f"paramctl: {escape(tree.file)}: {escape(problem)}", err=True)
+        failed = failed or bool(problems)
     if json:
-        print_json({**result.as_json(), "problems": problems})
-    else:
-        _print(result)
-    for problem in problems:
-        typer.echo(f"paramctl: {escape(tree.file)}: {escape(problem)}", err=True)
-    if problems:
+        print_json(documents[0] if len(paths) == 1 else {"files": documents})
+    if unreadable:
+        raise typer.Exit(EXIT_BAD_INPUT)
+    if failed:
         raise typer.Exit(EXIT_DIFFERENT)
 
 

@@ -40,7 +40,9 @@ class TorchLoader:
 
     def sniff(self, probe: Probe) -> bool:
         if probe.is_zip:
-            return _archive_prefix(probe) is not None
+            prefix = _archive_prefix(probe)
+            # A TorchScript archive (constants.pkl beside data.pkl, torch's own test) is loaders/torchscript.py's.
+            return prefix is not None and f"{prefix}constants.pkl" not in probe.zip_names
         return _is_legacy(probe.head)
 
     def load(self, probe: Probe) -> Tree:

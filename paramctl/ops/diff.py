@@ -1,6 +1,7 @@
 """`diff`: what differs between two checkpoints, as h5diff reports it (names, shapes, dtypes, values), and more.
 
-Names are mapped first (a subtree of each side, stripped prefixes, select/exclude globs), then matched. Tensor pairs
+Names are mapped first (a subtree of each side, stripped prefixes, B's names renamed by regular expressions,
+select/exclude globs, B's matrices transposed where a glob says so), then matched. Tensor pairs
 are streamed chunk by chunk through the one chunked reader, on all cores. Chunks of the same dtype are compared as
 raw bytes first, and byte-equal chunks skip the numeric work: equal bytes are equal values (NaN payloads and ±0 make
 unequal bytes possibly equal, so those take the numeric path). The numeric path works in float64 (complex128 when
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import fnmatch
 import math
+import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,6 +34,7 @@ SHAPE, DTYPE, VALUES = "shape", "dtype", "values"  # why a tensor pair differs, 
 CONTAINER_KEYS = {
     "torch-zip": frozenset({"archive", "byteorder", "version"}),
     "torch-legacy": frozenset({"protocol_version", "sys_info"}),
+    "dcp": frozenset({"files", "chunks", "records"}),  # where the chunks lie: differs with the number of ranks
 }
 
 ALIASES = frozenset({TIED, TRANSPOSED, RESHAPED})  # relations of a name that views exactly its anchor's bytes
@@ -52,6 +55,8 @@ class DiffOptions:
     strip_prefixes: tuple[str, ...] = ()
     select: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
+    rename: tuple[tuple[str, str], ...] = ()  # (regex, replacement) applied in order to B's names (re.sub)
+    transpose: tuple[str, ...] = ()  # globs of compared names whose B tensor (2-D) is compared transposed
     allow_dropped_ties: bool = False
     compare_metadata: bool = True
     list_all: bool = False
@@ -65,6 +70,11 @@ class DiffOptions:
                 raise UsageError(f"--{name} must be a finite number ≥ 0, not {value!r}")
         if self.chunk_elements is not None and self.chunk_elements < 1:
             raise UsageError("chunk_elements must be at least 1")
+        for regex, replacement in self.rename:
+            try:
+                re.compile(regex).sub(replacement, "")  # a bad group reference fails only when substituting
+            except (re.error, IndexError) as error:
+                raise UsageError(f"--rename {regex}={replacement}: {error}") from None
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -75,6 +85,8 @@ class DiffOptions:
             "strip_prefixes": list(self.strip_prefixes),
             "select": list(self.select),
             "exclude": list(self.exclude),
+            "rename": [[regex, replacement] for regex, replacement in self.rename],
+            "transpose": list(self.transpose),
             "allow_dropped_ties": self.allow_dropped_ties,
             "compare_metadata": self.compare_metadata,
         }
@@ -262,7 +274,8 @@ class Side:
 
 
 def map_names(tree: Tree, label: str, subtree: str | None, options: DiffOptions) -> Side:
-    """Apply the subtree, the prefix stripping and the globs to one tree's names."""
+    """Apply the subtree, the prefix stripping, (on B) the renames, the globs and (on B) the transpositions to one
+    tree's names. The globs of --select, --exclude and --transpose match the names as compared, after renaming."""
     leaves: dict[str, tuple[str, Leaf | tuple[Leaf, ...]]] = {}
     mapped: dict[str, str] = {}
     found_subtree = False
@@ -274,16 +287,20 @@ def map_names(tree: Tree, label: str, subtree: str | None, options: DiffOptions)
                 continue
             found_subtree = True
         name = _strip(name, options.strip_prefixes)
+        if label == "b":
+            name = _rename(name, options.rename)
         if options.select and not any(fnmatch.fnmatchcase(name, g) for g in options.select):
             continue
         if any(fnmatch.fnmatchcase(name, g) for g in options.exclude):
             continue
+        if label == "b" and isinstance(leaf, Tensor) and any(fnmatch.fnmatchcase(name, g) for g in options.transpose):
+            leaf = _transposed(tree.file, original, leaf)
         if name in leaves:
             first, earlier = leaves[name]
             if isinstance(leaf, Tensor) or isinstance(earlier, Tensor):
                 raise UsageError(
                     f"{tree.file}: {original!r} and {first!r} are both named {name!r} after name mapping;"
-                    " narrow the mapping (--strip-prefix, --select, --exclude)"
+                    " narrow the mapping (--strip-prefix, --rename, --select, --exclude)"
                 )
             # Plain leaves under one name (an object placeholder and its contents) compare as a whole.
             group = earlier if isinstance(earlier, tuple) else (earlier,)
@@ -304,6 +321,31 @@ def _under(name: str, subtree: str) -> str | None:
     if name.startswith(subtree + "."):
         return name[len(subtree) + 1 :]
     return None
+
+
+def _rename(name: str, rules: tuple[tuple[str, str], ...]) -> str:
+    """Each (regex, replacement) in order, as `re.sub` (every match replaced; `\\1` refers to a group)."""
+    for regex, replacement in rules:
+        name = re.sub(regex, replacement, name)
+    return name
+
+
+def _transposed(file: str, original: str, tensor: Tensor) -> Tensor:
+    """The same storage seen transposed (a Flax kernel (in, out) as a PyTorch weight (out, in)): no copy.
+
+    0-D and 1-D tensors (biases a broad glob catches) are their own transpose. Beyond 2-D no single permutation is
+    "the" transpose (a Flax conv kernel is (H, W, in, out), PyTorch's (out, in, H, W)), so it is refused.
+    """
+    if len(tensor.shape) <= 1:
+        return tensor
+    if len(tensor.shape) > 2:
+        raise UsageError(
+            f"{file}: --transpose matches {original!r}, which has shape {list(tensor.shape)}: only 2-D tensors"
+            " are transposed"
+        )
+    return Tensor(
+        tensor.dtype, tensor.shape[::-1], tensor.strides[::-1], tensor.storage, tensor.offset, tensor.declared_by
+    )
 
 
 def _strip(name: str, prefixes: tuple[str, ...]) -> str:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import fnmatch
 import math
+import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from paramctl.ops.ties import Member, tie_members, unique_numel
-from paramctl.tree import Opaque, Path, Tensor, Tree, Value, name_of
+from paramctl.tree import Opaque, Path, Pieces, Tensor, Tree, Value, name_of
 
 SORT_KEYS = ("file", "name", "numel", "size")
 
@@ -20,6 +22,7 @@ class TensorRow:
     path: Path
     tensor: Tensor
     tie: Member | None  # set when this tensor shares memory with another name
+    shard: str | None = None  # the file holding its data, when the tree spans several files (a sharded checkpoint)
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,9 @@ class Listing:
     tensors: list[TensorRow] = field(default_factory=list)
     values: list[ValueRow] = field(default_factory=list)
     totals: Totals = Totals(0, 0, 0, 0)
+    # Disagreements between a sharded checkpoint's index and its shards (loaders/sharded.py): {kind, name, shard,
+    # expected, message}; in the JSON they are `metadata.inconsistencies`, where the loader records them.
+    inconsistencies: list[dict[str, Any]] = field(default_factory=list)
 
     def as_json(self) -> dict[str, Any]:
         """The stable `ls --json` schema (documented in the README)."""
@@ -78,7 +84,8 @@ def list_tree(tree: Tree, filters: list[str] | None = None, sort: str = "file") 
         raise ValueError(f"sort must be one of {SORT_KEYS}")
     filters = filters or []
     ties = tie_members(tree)
-    listing = Listing(tree.file, tree.format, tree.metadata)
+    listing = Listing(tree.file, tree.format, tree.metadata, inconsistencies=tree.metadata.get(INCONSISTENCIES, []))
+    shard_of = shard_names(tree)
     kept = Tree(tree.file, tree.format)
     for path, leaf in tree.leaves:
         name = name_of(path)
@@ -86,7 +93,7 @@ def list_tree(tree: Tree, filters: list[str] | None = None, sort: str = "file") 
             continue
         if isinstance(leaf, Tensor):
             kept.leaves.append((path, leaf))
-            listing.tensors.append(TensorRow(name, path, leaf, ties.get(name)))
+            listing.tensors.append(TensorRow(name, path, leaf, ties.get(name), shard_of(leaf)))
         else:
             listing.values.append(ValueRow(name, path, leaf))
     rows = listing.tensors
@@ -105,6 +112,39 @@ def list_tree(tree: Tree, filters: list[str] | None = None, sort: str = "file") 
     return listing
 
 
+INCONSISTENCIES = "inconsistencies"  # the metadata key loaders/sharded.py records problems under
+
+
+def data_file(tensor: Tensor) -> str | None:
+    """The name of the file a tensor's bytes are read from (None for data streamed from a zip member)."""
+    data = tensor.storage.data
+    if isinstance(data, Pieces):
+        data = data.ranges[0] if data.ranges else None
+    return getattr(getattr(data, "source", None), "name", None)
+
+
+def shard_names(tree: Tree) -> Callable[[Tensor], str | None]:
+    """Each tensor's shard: the file holding its data, relative to the tree's folder, when the tree spans several
+    files (an index and its shards, a DCP folder); None for every tensor of a single file. Derived from the
+    storages' sources, which already name their files: no loader records it separately."""
+    files = {data_file(t) for _, t in tree.tensors()} - {None}
+    if files <= {tree.file}:
+        return lambda tensor: None
+    bases = [tree.file, os.path.dirname(tree.file)]
+    prefixes = [base.rstrip("/" + os.sep) + sep for base in bases if base for sep in {"/", os.sep}]
+
+    def shard(tensor: Tensor) -> str | None:
+        name = data_file(tensor)
+        if name is None:
+            return None
+        for prefix in prefixes:
+            if name.startswith(prefix):
+                return name[len(prefix) :]
+        return name
+
+    return shard
+
+
 def _tensor_json(row: TensorRow) -> dict[str, Any]:
     t = row.tensor
     tie = row.tie
@@ -118,6 +158,7 @@ def _tensor_json(row: TensorRow) -> dict[str, Any]:
         "nbytes": t.nbytes,
         "storage": {"id": t.storage.key, "offset": t.offset, "size": t.storage.nbytes},
         "location": t.storage.location,
+        "shard": row.shard,
         "tie": None
         if tie is None
         else {"relation": tie.relation, "partner": tie.partner, "declared_by": t.declared_by},

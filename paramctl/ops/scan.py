@@ -20,12 +20,15 @@ which are scanned too).
 from __future__ import annotations
 
 import _compat_pickle
+import importlib
+import os
+import pathlib
 from dataclasses import dataclass, field
 from typing import Any
 
-from paramctl.errors import CorruptFileError, UnknownFormatError
+from paramctl.errors import CorruptFileError, FileError, UnknownFormatError
 from paramctl.loaders.unpickler import GlobalRef, PickleScan, resolve_global, scan_pickle
-from paramctl.registry import detect, probe_file
+from paramctl.registry import BUILTIN_DIRECTORY_LOADERS, detect, probe_file
 
 REBUILT, INERT, UNKNOWN, DANGEROUS = "rebuilt", "inert", "unknown", "dangerous"
 CLASSES = (REBUILT, INERT, UNKNOWN, DANGEROUS)  # in increasing order of concern
@@ -205,6 +208,22 @@ _INERT = {
     "torch.Tensor": "a tensor",
     "torch.device": "a device name",
     "torch.serialization._get_layout": "a tensor layout",
+    # A distributed checkpoint's `.metadata` (torch/distributed/checkpoint/metadata.py, filesystem.py): dataclasses
+    # rebuilt with __new__ and their state (TensorProperties' __setstate__ only maps a memory-format enum).
+    **{
+        f"torch.distributed.checkpoint.{name}": "distributed checkpoint metadata (a data class)"
+        for name in (
+            "metadata.Metadata",
+            "metadata.TensorStorageMetadata",
+            "metadata.BytesStorageMetadata",
+            "metadata.ChunkStorageMetadata",
+            "metadata.TensorProperties",
+            "metadata.MetadataIndex",
+            "metadata.StorageMeta",
+            "metadata._MEM_FORMAT_ENCODING",
+            "filesystem._StorageInfo",
+        )
+    },
 }
 _INERT_PREFIXES = {
     "numpy.dtypes.": "a numpy dtype",
@@ -488,6 +507,8 @@ _MAX_BARE_PICKLES = 64  # consecutive pickles read from a bare pickle file
 def scan(path: str, format: str | None = None) -> ScanResult:
     """Scan a file. Raises FileError for a path that is not a readable file, UnknownFormatError for content that
     is neither a checkpoint nor a pickle; anything wrong inside a recognised file is reported, not raised."""
+    if os.path.isdir(path):
+        return _scan_directory(pathlib.Path(path), format)
     probe = probe_file(path)
     try:
         loader = detect(probe, format)
@@ -503,6 +524,8 @@ def scan(path: str, format: str | None = None) -> ScanResult:
         result.problems.append(error.problem)
         if loader.name == "torch":
             result.format = "torch-zip" if probe.is_zip else "torch-legacy"
+        elif hasattr(loader, "format_of"):  # a loader of several formats names the file's (torchscript, torch-package)
+            result.format = loader.format_of(probe)
     except (RecursionError, MemoryError) as error:
         result.problems.append(f"too large or too deeply nested to read ({type(error).__name__})")
     pickles_of = getattr(loader, "pickles", None)
@@ -513,7 +536,7 @@ def scan(path: str, format: str | None = None) -> ScanResult:
         except CorruptFileError as error:
             if error.problem not in result.problems:
                 result.problems.append(error.problem)
-    is_torch = loader.name == "torch"
+    is_torch = loader.name == "torch" or result.format == "torchscript"  # torch.load hands TorchScript to torch.jit
     _collect(result, scans, torch=is_torch)
     if is_torch:
         torch_scans = scans[:1] if probe.is_zip else scans  # torch.load reads data.pkl only, or all legacy pickles
@@ -522,6 +545,36 @@ def scan(path: str, format: str | None = None) -> ScanResult:
         )
         if probe.is_zip:
             _zip_notes(result, probe.zip_names, scans)
+    return result
+
+
+def _scan_directory(path: pathlib.Path, format: str | None) -> ScanResult:
+    """A checkpoint folder whose loader lists the pickles torch would load from it (`pickles_directory`, with
+    `scan_notes` on how torch loads each): a DCP folder's `.metadata` and the records inside its rank files.
+    Added for distributed checkpoints (issue 12)."""
+    for name, module in BUILTIN_DIRECTORY_LOADERS.items():
+        loader = importlib.import_module(module).LOADER
+        if format in (None, name) and loader.sniff_directory(path):
+            break
+    else:
+        raise FileError(str(path), "is a directory, not a checkpoint folder")
+    pickles_of = getattr(loader, "pickles_directory", None)
+    if pickles_of is None:  # a folder of ordinary checkpoint files: scanning nothing must not read as "valid"
+        raise FileError(str(path), f"is a {loader.name} folder: scan its files one by one")
+    result = ScanResult(str(path), loader.name)
+    scans: list[PickleScan] = []
+    for step in (lambda: loader.load_directory(path), lambda: scans.extend(pickles_of(path))):
+        try:
+            step()
+        except FileError as error:  # the problem, naming the file inside the folder it is about
+            inside = os.path.relpath(error.path, result.file)
+            problem = error.problem if error.path == result.file else f"{inside}: {error.problem}"
+            if problem not in result.problems:
+                result.problems.append(problem)
+        except (RecursionError, MemoryError) as error:
+            result.problems.append(f"too large or too deeply nested to read ({type(error).__name__})")
+    _collect(result, scans, torch=False)  # torch reads these with pickle.load or weights_only=False: see the notes
+    result.notes.extend(getattr(loader, "scan_notes", ()))
     return result
 
 

@@ -23,7 +23,7 @@ import numpy as np
 from paramctl import reader
 from paramctl.dtypes import numpy_dtype
 from paramctl.ops.ties import ANCHOR, RESHAPED, TIE, TIED, TRANSPOSED, Member, TieGroup
-from paramctl.tree import Stream, Tensor, Tree
+from paramctl.tree import ByteRange, Tensor, Tree
 
 SAMPLES = 64  # elements per signature: enough to tell random weights apart, one page each to read
 BAND_BYTES = 8 << 20  # a band of a matrix's rows read at a time when checking a transpose
@@ -125,8 +125,9 @@ def _is_matrix(tensor: Tensor) -> bool:
 
 
 def _gather(tensor: Tensor, positions: np.ndarray) -> np.ndarray:
-    """The bits of the elements at row-major `positions`: random access when stored, one pass when streamed."""
-    if not isinstance(tensor.storage.data, Stream):
+    """The bits of the elements at row-major `positions`: random access when stored as-is, else one chunked pass
+    (a stream; data assembled from pieces or blocks, which `reader.array` would build whole)."""
+    if isinstance(tensor.storage.data, ByteRange):
         values = reader.array(tensor)
         flat = values.reshape(1) if not tensor.shape else values[np.unravel_index(positions, tensor.shape)]
         found = _bits(flat if tensor.shape else flat[positions]).copy()

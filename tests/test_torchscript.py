@@ -1,0 +1,269 @@
+"""TorchScript (torch.jit.save) and torch.package archives: their tensors, named by the objects' attributes, listed
+without running anything. References: torch.jit.load(f).state_dict() (and the module's attributes and graph
+constants), torch.package.PackageImporter(f).load_pickle(...)."""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import json
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from reference import FIXTURES, raw_bytes, reference_flatten, torch_bytes
+from typer.testing import CliRunner
+
+import paramctl
+from paramctl import reader
+from paramctl.cli import app
+
+REAL = FIXTURES / "real"
+runner = CliRunner()
+
+
+@functools.cache
+def generator() -> Any:
+    spec = importlib.util.spec_from_file_location("fixtures_generate_real", FIXTURES / "generate_real.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def cli(*args: Any) -> Any:
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def tensors(path: Path) -> dict[str, Any]:
+    return dict(paramctl.open(path).tensors())
+
+
+def assert_same(ours: Any, theirs: torch.Tensor, name: str) -> None:
+    assert ours.dtype.name == str(theirs.dtype).removeprefix("torch."), name
+    assert ours.shape == tuple(theirs.shape), name
+    assert raw_bytes(reader.array(ours)) == torch_bytes(theirs), name
+
+
+def graph_constants(module: torch.jit.ScriptModule) -> list[torch.Tensor]:
+    return [
+        node.t("value")
+        for node in module.graph.nodes()
+        if node.kind() == "prim::Constant" and node.output().type().kind() == "TensorType"
+    ]
+
+
+def by_content(values: list[Any]) -> list[tuple[str, tuple[int, ...], bytes]]:
+    """A multiset of tensors: (dtype, shape, bytes), sorted."""
+    rows = []
+    for value in values:
+        if isinstance(value, torch.Tensor):
+            rows.append((str(value.dtype).removeprefix("torch."), tuple(value.shape), torch_bytes(value)))
+        else:
+            rows.append((value.dtype.name, value.shape, raw_bytes(reader.array(value))))
+    return sorted(rows)
+
+
+# --------------------------------------------------------------------------- TorchScript
+
+
+def test_committed_torchscript_and_package_fixtures_match_regenerated(tmp_path: Path):
+    fresh = generator().write_torchscript(tmp_path) + generator().write_package(tmp_path)
+    for path in fresh:
+        old = REAL / path.name
+        if path.name == "packaged.pt":
+            new_state, old_state = {}, {}
+            for resource in ("model.pkl", "scripted.pkl"):
+                new_state |= torch.package.PackageImporter(path).load_pickle("model", resource).state_dict()
+                old_state |= torch.package.PackageImporter(old).load_pickle("model", resource).state_dict()
+        else:
+            new_module, old_module = torch.jit.load(path), torch.jit.load(old)
+            assert by_content(graph_constants(new_module)) == by_content(graph_constants(old_module)), path.name
+            new_state, old_state = new_module.state_dict(), old_module.state_dict()
+        assert list(new_state) == list(old_state), path.name
+        for name in new_state:
+            assert torch_bytes(new_state[name]) == torch_bytes(old_state[name]), name
+
+
+def test_a_scripted_module_lists_its_state_dict_with_its_names():
+    path = REAL / "scripted.pt"
+    module = torch.jit.load(path)
+    state = module.state_dict()
+    ours = tensors(path)
+    for name, tensor in state.items():
+        assert_same(ours[name], tensor, name)
+    # the submodule reachable by two names is one storage, as torch loads it
+    assert state["also_head.weight"].data_ptr() == state["head.weight"].data_ptr()
+    assert ours["also_head.weight"].storage is ours["head.weight"].storage
+    # attributes that are not parameters or buffers: a tensor list and a dict of tensors, unwrapped
+    assert_same(ours["anchors.0"], module.anchors[0], "anchors.0")
+    assert_same(ours["anchors.1"], module.anchors[1], "anchors.1")
+    assert_same(ours["table.bias"], module.table["bias"], "table.bias")
+    assert sorted(ours) == sorted([*state, "anchors.0", "anchors.1", "table.bias"])
+    values = {name: leaf.value for name, leaf in paramctl.open(path) if isinstance(leaf, paramctl.tree.Value)}
+    assert values["steps"] == module.steps == 7 and values["label"] == module.label == "scripted"
+    assert values["training"] is module.training and values["layers.0.training"] is getattr(module.layers, "0").training
+    placeholders = {name: leaf.global_name for name, leaf in paramctl.open(path) if isinstance(leaf, paramctl.Opaque)}
+    assert placeholders[""] == "__torch__.Scriptable"
+    assert placeholders["layers"] == "__torch__.torch.nn.modules.container.ModuleList"
+
+
+def test_ls_names_the_format_and_marks_the_tie():
+    result = cli("ls", REAL / "scripted.pt", "--json")
+    assert result.exit_code == 0
+    document = json.loads(result.stdout)
+    assert document["format"] == "torchscript" and document["metadata"]["archive"] == "scripted"
+    ties = {t["name"]: t["tie"] for t in document["tensors"]}
+    assert ties["also_head.weight"]["partner"] == "head.weight"
+    assert cli("ls", REAL / "scripted.pt").stdout.splitlines()[-1].endswith("· torchscript")
+
+
+def test_a_traced_module_lists_its_parameters_and_code_constants():
+    path = REAL / "traced.pt"
+    module = torch.jit.load(path)
+    ours = tensors(path)
+    for name, tensor in module.state_dict().items():
+        assert_same(ours[name], tensor, name)
+    assert "CONSTANTS.c0" in module.code  # the code names its constant this way
+    assert by_content([ours["CONSTANTS.c0"]]) == by_content(graph_constants(module))
+    assert sorted(ours) == sorted([*module.state_dict(), "CONSTANTS.c0"])  # traced inputs are not listed
+
+
+def test_a_frozen_module_keeps_its_weights_in_the_constants():
+    path = REAL / "frozen.pt"
+    module = torch.jit.load(path)
+    assert module.state_dict() == {}
+    ours = tensors(path)
+    assert sorted(ours) == [f"CONSTANTS.c{i}" for i in range(4)]
+    assert by_content(list(ours.values())) == by_content(graph_constants(module))
+    for index in range(4):
+        assert f"CONSTANTS.c{index}" in module.code
+
+
+def test_torch_save_archives_are_not_taken_for_torchscript():
+    assert paramctl.open(FIXTURES / "mlp.pt").format == "torch-zip"
+    # forcing the torch loader still reads a TorchScript archive's data.pkl, as before (without unwrapping)
+    forced = dict(paramctl.open(REAL / "scripted.pt", format="torch").tensors())
+    assert set(torch.jit.load(REAL / "scripted.pt").state_dict()) <= set(forced)
+
+
+def test_nothing_is_imported_or_run():
+    code = (
+        "import sys, paramctl\n"
+        f"for name in ('scripted.pt', 'traced.pt', 'frozen.pt', 'packaged.pt'):\n"
+        f"    assert len(paramctl.open({str(REAL)!r} + '/' + name)) > 0\n"
+        "assert 'torch' not in sys.modules and not any(m.startswith('__torch__') for m in sys.modules)\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_scan_names_the_formats():
+    scripted = json.loads(cli("scan", REAL / "scripted.pt", "--json").stdout)
+    assert scripted["format"] == "torchscript"
+    assert any("TorchScript" in note for note in scripted["notes"])
+    assert scripted["weights_only_refused"]  # torch.load(weights_only=True) refuses TorchScript archives
+    packaged = cli("scan", REAL / "packaged.pt", "--json")
+    document = json.loads(packaged.stdout)
+    assert document["format"] == "torch-package" and document["valid"]
+    assert sorted(p["record"] for p in document["pickles"]) == [
+        "packaged/.data/ts_code/0/constants.pkl",
+        "packaged/.data/ts_code/0/data.pkl",
+        "packaged/model/model.pkl",
+        "packaged/model/scripted.pkl",
+        "packaged/model/state.pkl",
+    ]
+    # loading the packaged ScriptModule compiles its TorchScript: scan's verdict on torch.jit
+    assert [f"{g['module']}.{g['name']}" for g in document["globals"] if g["class"] == "dangerous"] == [
+        "torch.jit._script.unpackage_script_module"
+    ]
+    assert packaged.exit_code == 1
+    assert "torch-package" in cli("scan", REAL / "packaged.pt").stdout.splitlines()[0]
+
+
+def test_a_broken_archive_is_still_named_in_scan(tmp_path: Path):
+    path = tmp_path / "broken.pt"
+    with zipfile.ZipFile(REAL / "packaged.pt") as source, zipfile.ZipFile(path, "w") as target:
+        for info in source.infolist():
+            if info.filename != "packaged/.data/0.storage":
+                target.writestr(info, source.read(info))
+    result = cli("scan", path, "--json")
+    assert result.exit_code == 1  # broken, and (its ScriptModule) dangerous: dangerous decides the exit code
+    document = json.loads(result.stdout)
+    assert (
+        document["format"] == "torch-package" and "missing record 'packaged/.data/0.storage'" in document["problems"][0]
+    )
+
+
+# --------------------------------------------------------------------------- torch.package
+
+
+def test_a_package_lists_every_pickle_with_state_dict_names():
+    path = REAL / "packaged.pt"
+    importer = torch.package.PackageImporter(path)
+    model = importer.load_pickle("model", "model.pkl")
+    state = importer.load_pickle("model", "state.pkl")
+    scripted = importer.load_pickle("model", "scripted.pkl")  # a ScriptModule, rebuilt from .data/ts_code/
+    ours = tensors(path)
+    for name, tensor in model.state_dict().items():
+        assert_same(ours[f"model.model.{name}"], tensor, name)
+    for name, tensor in scripted.state_dict().items():
+        assert_same(ours[f"model.scripted.{name}"], tensor, name)
+    expected_state = reference_flatten(state, ("model", "state"))
+    for name, value in expected_state.items():
+        if isinstance(value, torch.Tensor):
+            assert_same(ours[name], value, name)
+    assert sorted(ours) == sorted(
+        [f"model.model.{n}" for n in model.state_dict()]
+        + [f"model.scripted.{n}" for n in scripted.state_dict()]
+        + [n for n, v in expected_state.items() if isinstance(v, torch.Tensor)]
+    )
+    values = {name: leaf.value for name, leaf in paramctl.open(path) if isinstance(leaf, paramctl.tree.Value)}
+    assert values["model.state.epoch"] == state["epoch"] and values["model.state.lr"] == state["lr"]
+    assert values["model.model.0.in_features"] == model[0].in_features
+    assert not any("_parameters" in name or "_forward_hooks" in name for name, _ in paramctl.open(path))
+    # one record in the file, referenced by both pickles
+    assert ours["model.model.0.weight"].storage is ours["model.state.state_dict.0.weight"].storage
+
+
+def test_package_metadata():
+    tree = paramctl.open(REAL / "packaged.pt")
+    assert tree.format == "torch-package"
+    assert tree.metadata["pickles"] == ["model/model.pkl", "model/state.pkl", "model/scripted.pkl"]
+    assert tree.metadata["extern_modules"] == torch.package.PackageImporter(REAL / "packaged.pt").extern_modules
+
+
+# --------------------------------------------------------------------------- hostile archives
+
+
+def rewrite(source: Path, target: Path, member: str, data: bytes) -> Path:
+    with zipfile.ZipFile(source) as old, zipfile.ZipFile(target, "w") as new:
+        for info in old.infolist():
+            new.writestr(info, data if info.filename == member else old.read(info))
+    return target
+
+
+@pytest.mark.parametrize(
+    ("pid", "problem"),
+    [
+        (
+            b"(X\x07\x00\x00\x00storageq\x00ctorch\nFloatStorage\nq\x01X\x04\x00\x00\x00../xq\x02X\x03\x00\x00\x00cpuK\x01tQ",
+            "malformed storage record",
+        ),
+        (b"(X\x05\x00\x00\x00othertQ", "unexpected persistent id"),
+    ],
+)
+def test_package_persistent_ids_are_validated(tmp_path: Path, pid: bytes, problem: str):
+    pickle = b"\x80\x02" + pid + b"."
+    path = rewrite(REAL / "packaged.pt", tmp_path / "bad.pt", "packaged/model/state.pkl", pickle)
+    with pytest.raises(paramctl.CorruptFileError, match=problem):
+        paramctl.open(path)
+
+
+def test_a_torchscript_storage_shorter_than_claimed_is_refused(tmp_path: Path):
+    path = rewrite(REAL / "frozen.pt", tmp_path / "short.pt", "frozen/constants/0", b"\x00" * 4)
+    with pytest.raises(paramctl.CorruptFileError, match="'frozen/constants/0' has 4 bytes, the storage needs 60"):
+        paramctl.open(path)
