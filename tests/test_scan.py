@@ -387,3 +387,11 @@ def test_scan_does_not_import_torch_or_numpy():
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert done.returncode == 0, done.stderr
+
+
+def test_torchscript_container_tags_are_inert_but_the_rest_of_torch_jit_is_dangerous():
+    from paramctl.ops.scan import DANGEROUS, INERT, classify
+
+    assert classify("torch.jit._pickle", "build_tensorlist")[0] == INERT
+    assert classify("torch.jit._pickle", "restore_type_tag")[0] == INERT
+    assert classify("torch.jit", "load")[0] == DANGEROUS

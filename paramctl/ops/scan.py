@@ -344,8 +344,18 @@ def _python3(module: str, name: str) -> tuple[str, str]:
     return _compat_pickle.IMPORT_MAPPING.get(module, module), name
 
 
+# TorchScript's container tags (torch/jit/_pickle.py): each returns its argument, so an archive with a list or dict
+# attribute is not dangerous for naming them, although the rest of torch.jit loads and runs code.
+_TORCHSCRIPT_TAGS = {
+    f"torch.jit._pickle.{tag}"
+    for tag in ("build_intlist", "build_tensorlist", "build_doublelist", "build_boollist", "restore_type_tag")
+}
+
+
 def _classify_path(module: str, name: str) -> tuple[str, str]:
     full = f"{module}.{name}"
+    if full in _TORCHSCRIPT_TAGS:
+        return INERT, "a TorchScript container tag: returns its argument"
     segments = full.split(".")
     # Longest dangerous prefix first: `torch.serialization.load`, `os`, `builtins.eval`.
     for end in range(len(segments), 0, -1):
