@@ -81,6 +81,10 @@ def _plugins() -> dict[str, tuple[Loader, str]]:
 def loaders() -> list[LoaderInfo]:
     """Every available loader, built-ins first."""
     result = [LoaderInfo(name, _builtin(name).description, "built-in") for name in BUILTIN_LOADERS]
+    for name, module in BUILTIN_DIRECTORY_LOADERS.items():
+        if name not in BUILTIN_LOADERS:
+            loader = importlib.import_module(module).LOADER
+            result.append(LoaderInfo(name, loader.description, "built-in (folders)"))
     for name, (loader, origin) in _plugins().items():
         if name not in BUILTIN_LOADERS:
             result.append(LoaderInfo(name, loader.description, origin))

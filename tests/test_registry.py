@@ -56,7 +56,8 @@ def test_plugin_reads_files_built_ins_do_not(plugin_dist: Path, tmp_path: Path):
 def test_plugins_are_listed_after_built_ins(plugin_dist: Path):
     with pytest.warns(UserWarning, match="no_such_module"):
         found = registry.loaders()
-    assert [f.name for f in found] == [*registry.BUILTIN_LOADERS, "toy"]
+    folders = [name for name in registry.BUILTIN_DIRECTORY_LOADERS if name not in registry.BUILTIN_LOADERS]
+    assert [f.name for f in found] == [*registry.BUILTIN_LOADERS, *folders, "toy"]
     assert found[-1].origin == "toy_loader:LOADER"
 
 

@@ -570,7 +570,7 @@ def _scan_directory(path: pathlib.Path, format: str | None) -> ScanResult:
         raise FileError(str(path), "is a directory, not a checkpoint folder")
     pickles_of = getattr(loader, "pickles_directory", None)
     if pickles_of is None:  # a folder of ordinary checkpoint files: scanning nothing must not read as "valid"
-        raise FileError(str(path), f"is a {loader.name} folder: scan its files one by one")
+        raise FileError(str(path), f"is a folder read by the {loader.name} loader: scan its files one by one")
     result = ScanResult(str(path), loader.name)
     scans: list[PickleScan] = []
     for step in (lambda: loader.load_directory(path), lambda: scans.extend(pickles_of(path))):
