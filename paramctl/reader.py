@@ -60,16 +60,22 @@ def storage_array(tensor: Tensor) -> np.ndarray:
 def array(tensor: Tensor) -> np.ndarray:
     """The tensor's values with its shape (read-only; nothing is read until the values are touched)."""
     storage = storage_array(tensor)
-    itemsize = storage.dtype.itemsize
-    # as_strided round-trips through __array_interface__, which loses ml_dtypes types: stride raw records.
-    records = storage.view(f"V{itemsize}")
-    strided = np.lib.stride_tricks.as_strided(
-        records[tensor.offset :] if tensor.numel else records[:0],
-        shape=tensor.shape,
-        strides=tuple(s * itemsize for s in tensor.strides),
-        writeable=False,
+    return _strided(
+        storage if tensor.numel else storage[:0], tensor.offset if tensor.numel else 0, tensor.shape, tensor.strides
     )
-    return strided.view(storage.dtype)
+
+
+def _strided(flat: np.ndarray, start: int, shape: tuple[int, ...], strides: tuple[int, ...]) -> np.ndarray:
+    """A read-only view of `flat` from element `start` with element strides (negative ones step back from it).
+
+    as_strided round-trips through __array_interface__, which loses ml_dtypes types: stride raw records instead.
+    """
+    itemsize = flat.dtype.itemsize
+    records = flat.view(f"V{itemsize}")[start:]
+    strided = np.lib.stride_tricks.as_strided(
+        records, shape=shape, strides=tuple(s * itemsize for s in strides), writeable=False
+    )
+    return strided.view(flat.dtype)
 
 
 @dataclass(frozen=True)
@@ -227,15 +233,7 @@ def window(tensor: Tensor, offset: int, shape: tuple[int, ...], strides: tuple[i
     if not isinstance(data, ByteRange):
         raise CorruptFileError(tensor.storage.key, "storage holds no data")
     span = _element_view(data.source.view(data.offset + first * itemsize, (last - first + 1) * itemsize), tensor)
-    # The same raw-record striding as `array` (as_strided loses ml_dtypes types); negative strides step back
-    # from `offset` into the span, which starts at `first`.
-    strided = np.lib.stride_tricks.as_strided(
-        span.view(f"V{itemsize}")[offset - first :],
-        shape=shape,
-        strides=tuple(s * itemsize for s in strides),
-        writeable=False,
-    )
-    return strided.view(span.dtype)
+    return _strided(span, offset - first, shape, strides)  # the span starts at `first`
 
 
 def _stream_window(
@@ -483,14 +481,7 @@ def _blocks_window(
     if last - first + 1 > 2 * count:
         return _blocks_take(tensor, data, _positions(offset, shape, strides, 0, count)).reshape(shape)
     span = np.ascontiguousarray(_blocks_range(tensor, data, first, last + 1))
-    itemsize = span.dtype.itemsize
-    strided = np.lib.stride_tricks.as_strided(
-        span.view(f"V{itemsize}")[offset - first :],
-        shape=shape,
-        strides=tuple(s * itemsize for s in strides),
-        writeable=False,
-    )
-    return strided.view(span.dtype)
+    return _strided(span, offset - first, shape, strides)
 
 
 def _blocks_whole(tensor: Tensor, data: Blocks) -> np.ndarray:

@@ -68,12 +68,14 @@ LOADER = TorchLoader()
 LEGACY_PICKLES = ("magic number", "protocol version", "sys info", "object", "storage keys")
 
 
-def _zip_pickles(probe: Probe) -> list[PickleScan]:
+def _zip_pickles(probe: Probe, require_data_pkl: bool = True) -> list[PickleScan]:
+    """Every `.pkl` member scanned without rebuilding anything: `data.pkl` first (the one torch reads), then the
+    rest in archive order."""
     prefix = _archive_prefix(probe)
-    if probe.zip is None or prefix is None:
+    if probe.zip is None or (prefix is None and require_data_pkl):
         raise CorruptFileError(probe.name, "not a torch zip archive: it holds no data.pkl")
     names = [n for n in probe.zip_names if n.endswith(".pkl")]
-    names.sort(key=lambda n: n != f"{prefix}data.pkl")  # stable: the rest keep archive order
+    names.sort(key=lambda n: n != f"{prefix or ''}data.pkl")  # stable: the rest keep archive order
     scans = []
     for name in names:
         try:

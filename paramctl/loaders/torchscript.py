@@ -29,7 +29,7 @@ import zipfile
 from typing import Any
 
 from paramctl.errors import CorruptFileError
-from paramctl.loaders.pytorch import _MAX_PICKLE, _archive_prefix, _flatten, _member_data, _storage_pid
+from paramctl.loaders.pytorch import _MAX_PICKLE, _archive_prefix, _flatten, _member_data, _storage_pid, _zip_pickles
 from paramctl.loaders.unpickler import (
     INT64_MAX,
     Global,
@@ -38,7 +38,6 @@ from paramctl.loaders.unpickler import (
     StorageRef,
     StorageType,
     Unpickler,
-    scan_pickle,
     short_repr,
 )
 from paramctl.probe import Probe
@@ -96,19 +95,7 @@ class TorchScriptLoader:
     def pickles(self, probe: Probe) -> list[PickleScan]:
         """Every `.pkl` member, scanned without rebuilding anything: for TorchScript `data.pkl` first (the one
         torch reads first), then the rest in archive order."""
-        if probe.zip is None:
-            raise CorruptFileError(probe.name, "not a zip archive")
-        first = (_archive_prefix(probe) or "") + "data.pkl"
-        names = sorted((n for n in probe.zip_names if n.endswith(".pkl")), key=lambda n: n != first)
-        scans = []
-        for name in names:
-            try:
-                data = probe.read_member(probe.zip.getinfo(name), _MAX_PICKLE)
-            except CorruptFileError as error:
-                scans.append(PickleScan(name, 0, None, None, [], {}, set(), error.problem))
-                continue
-            scans.append(scan_pickle(data, name))
-        return scans
+        return _zip_pickles(probe, require_data_pkl=False)
 
 
 LOADER = TorchScriptLoader()
