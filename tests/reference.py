@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -88,3 +89,18 @@ def reference_values(path: Path, convert: Any) -> dict[str, np.ndarray]:
         return {name: convert(t) for name, t in loaded.items()}
     flat = reference_flatten(torch.load(path, weights_only=True))
     return {name: convert(t) for name, t in flat.items() if isinstance(t, torch.Tensor)}
+
+
+@functools.cache
+def fixture_generator(stem: str) -> Any:
+    """A `fixtures/<stem>.py` generator script as a module (registered in sys.modules, so its dataclasses resolve
+    their annotations)."""
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location(f"fixtures_{stem}", FIXTURES / f"{stem}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module

@@ -6,8 +6,6 @@ References: each shard read by torch.load / safetensors, merged the way transfor
 
 from __future__ import annotations
 
-import functools
-import importlib.util
 import json
 import os
 import shutil
@@ -20,7 +18,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from reference import FIXTURES, raw_bytes, torch_bytes
+from reference import FIXTURES, fixture_generator, raw_bytes, torch_bytes
 from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
@@ -34,14 +32,8 @@ INDEX = {"safetensors": "model.safetensors.index.json", "bin": "pytorch_model.bi
 runner = CliRunner()
 
 
-@functools.cache
 def generator() -> Any:
-    """fixtures/generate_real.py as a module (registered, so its dataclasses resolve their annotations)."""
-    spec = importlib.util.spec_from_file_location("fixtures_generate_real", FIXTURES / "generate_real.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return fixture_generator("generate_real")
 
 
 def cli(*args: str) -> Any:

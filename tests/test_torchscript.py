@@ -4,8 +4,6 @@ constants), torch.package.PackageImporter(f).load_pickle(...)."""
 
 from __future__ import annotations
 
-import functools
-import importlib.util
 import json
 import subprocess
 import sys
@@ -15,7 +13,7 @@ from typing import Any
 
 import pytest
 import torch
-from reference import FIXTURES, raw_bytes, reference_flatten, torch_bytes
+from reference import FIXTURES, fixture_generator, raw_bytes, reference_flatten, torch_bytes
 from typer.testing import CliRunner
 
 import paramctl
@@ -26,13 +24,8 @@ REAL = FIXTURES / "real"
 runner = CliRunner()
 
 
-@functools.cache
 def generator() -> Any:
-    spec = importlib.util.spec_from_file_location("fixtures_generate_real", FIXTURES / "generate_real.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return fixture_generator("generate_real")
 
 
 def cli(*args: Any) -> Any:

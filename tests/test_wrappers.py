@@ -9,11 +9,8 @@ from __future__ import annotations
 
 import collections
 import enum
-import functools
-import importlib.util
 import json
 import re
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,7 +18,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from reference import FIXTURES, raw_bytes, torch_bytes
+from reference import FIXTURES, fixture_generator, raw_bytes, torch_bytes
 from typer.testing import CliRunner
 
 import paramctl
@@ -41,13 +38,8 @@ WRAPPERS = [
 runner = CliRunner()
 
 
-@functools.cache
 def generator() -> Any:
-    spec = importlib.util.spec_from_file_location("fixtures_generate_real", FIXTURES / "generate_real.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return fixture_generator("generate_real")
 
 
 def load(path: Path) -> Any:
