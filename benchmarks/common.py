@@ -22,6 +22,16 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 DATA_DIR = Path(os.environ.get("PARAMCTL_BENCH_DIR", "/tmp/paramctl-bench"))
 PARAMCTL = [sys.executable, "-m", "paramctl"]
 
+
+def compile_paramctl() -> None:
+    """Write paramctl's bytecode once, as an installed package has it: an environment with
+    PYTHONDONTWRITEBYTECODE (or an editable install never run) would otherwise recompile it in every timed run."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(REPO_ROOT / "paramctl")], env=env, check=True)
+
+
+compile_paramctl()
+
 N_TENSORS = 16
 SHAPES = {"1g": (4096, 4096), "1m": (16, 1024)}  # float32: 16 x 64 MiB, 16 x 64 KiB
 FORMATS = ("pt", "safetensors", "npz")

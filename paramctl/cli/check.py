@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
 from paramctl.cli.app import JsonOption, app
 from paramctl.cli.errors import EXIT_DIFFERENT, escape, fail, handles_errors
 from paramctl.cli.render import print_json
-from paramctl.ops.check import CheckResult, Config, Outcome, find_config, load_config, run_check
+
+if TYPE_CHECKING:  # the check machinery (tomllib, thread pools) is imported only when a check runs
+    from paramctl.ops.check import CheckResult, Config, Outcome
 
 ConfigOption = Annotated[
     Optional[Path],
@@ -31,6 +33,8 @@ AnnotationsOption = Annotated[
 
 def configured(config: Path | None, required: bool = True) -> Config | None:
     """The configuration to use: `--config`, else the nearest one; None (or a usage error) when there is none."""
+    from paramctl.ops.check import find_config, load_config
+
     path = config or find_config()
     if path is None:
         if required:
@@ -46,6 +50,8 @@ def run_configured_rules(rules: tuple[str, ...], what: str, json: bool) -> None:
     config = configured(None, required=False)
     if config is None:
         raise fail(f"missing PATH (and no configuration with {what} rules: see `paramctl check`)")
+    from paramctl.ops.check import run_check
+
     result = run_check(config, rules=rules)
     if not result.outcomes:
         raise fail(f"{config.path}: states no {what} rules; pass a PATH")
@@ -101,4 +107,6 @@ def check_command(
     """Run every rule of the configuration on every file it matches. Exit 0 all hold, 1 a rule failed, 2 bad config."""
     rules = configured(config)
     assert rules is not None
+    from paramctl.ops.check import run_check
+
     report(run_check(rules, files), json, github_annotations)

@@ -3,7 +3,7 @@ is well formed. Exit 1 when anything dangerous is referenced; 2 when the file is
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -11,10 +11,13 @@ from paramctl.cli.app import FormatOption, JsonOption, app
 from paramctl.cli.errors import EXIT_BAD_INPUT, EXIT_DIFFERENT, EXIT_OK, escape, handles_errors
 from paramctl.cli.render import console, print_json, text
 from paramctl.errors import ParamctlError
-from paramctl.ops.scan import BLOCKED, DANGEROUS, UNKNOWN, Finding, ScanResult, scan, torch_name
 
 _STYLES = {"dangerous": "bold red", "unknown": "yellow", "inert": "", "rebuilt": "dim"}
 _WHERE_SHOWN = 3  # places listed per global in the table; --json lists them all
+
+
+if TYPE_CHECKING:  # the scanner is imported only when `scan` runs
+    from paramctl.ops.scan import Finding, ScanResult
 
 
 @app.command("scan")
@@ -32,6 +35,8 @@ def scan_command(
 
     Exit 1 if anything dangerous is referenced, else 2 if the file is broken, else 0. Several files (as a
     pre-commit hook passes them) are scanned one by one (JSON: {"files": [...]}), with the same rule over all."""
+    from paramctl.ops.scan import scan
+
     results, dangerous, broken = [], False, False
     for path in paths:
         try:
@@ -72,6 +77,8 @@ def _where_text(finding: Finding) -> str:
 
 def _print_report(result: ScanResult) -> None:
     from rich.table import Table
+
+    from paramctl.ops.scan import BLOCKED, DANGEROUS, UNKNOWN, torch_name
 
     out = console()
     counts = ", ".join(f"{n} {cls}" for cls, n in reversed(result.counts().items()) if n) or "none"
