@@ -104,3 +104,25 @@ def fixture_generator(stem: str) -> Any:
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module
+
+
+def torch_dtypes() -> list[Any]:
+    """Every torch dtype the loaders and commands are tested with (torch imported only by tests that ask)."""
+    import torch
+
+    return [
+        torch.float32,
+        torch.float64,
+        torch.float16,
+        torch.bfloat16,
+        torch.float8_e4m3fn,
+        torch.float8_e5m2,
+        torch.int8,
+        torch.uint8,
+        torch.int16,
+        torch.int32,
+        torch.int64,
+        torch.bool,
+        torch.complex64,
+        torch.complex128,
+    ]

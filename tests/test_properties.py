@@ -11,28 +11,21 @@ import numpy as np
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from reference import paramctl_tensors, raw_bytes, reference_flatten, sharing_groups, torch_bytes, torch_dtype_name
+from reference import (
+    paramctl_tensors,
+    raw_bytes,
+    reference_flatten,
+    sharing_groups,
+    torch_bytes,
+    torch_dtype_name,
+    torch_dtypes,
+)
 from safetensors.numpy import save_file as save_numpy
 from safetensors.torch import save_file
 
 import paramctl
 
-DTYPES = [
-    torch.float32,
-    torch.float64,
-    torch.float16,
-    torch.bfloat16,
-    torch.float8_e4m3fn,
-    torch.float8_e5m2,
-    torch.int8,
-    torch.uint8,
-    torch.int16,
-    torch.int32,
-    torch.int64,
-    torch.bool,
-    torch.complex64,
-    torch.complex128,
-]
+DTYPES = torch_dtypes()
 NUMPY_DTYPES = [d for d in DTYPES if d not in (torch.bfloat16, torch.float8_e4m3fn, torch.float8_e5m2)]
 # torch.load cannot read float8 back from the legacy format (an UntypedStorage has no dtype there).
 LEGACY_DTYPES = [d for d in DTYPES if d not in (torch.float8_e4m3fn, torch.float8_e5m2)]
