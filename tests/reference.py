@@ -28,6 +28,28 @@ def torch_bytes(tensor: Any) -> bytes:
     return flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b""
 
 
+# How far a tensor that fixtures/generate_real.py recomputes by training may move on another CPU, relative to the
+# tensor's largest magnitude. The generator trains in float64 and stores float32, so what differs between machines
+# (vector-unit rounding in initialisation and kernels) stays near float32's precision (measured: 2e-7); 1e-5 keeps
+# a 50x margin while a changed model, seed, step count or learning rate moves values by 1e-3 or more.
+RETRAINED_TOLERANCE = 1e-5
+
+
+def assert_retrained_equal(name: str, fresh: Any, committed: Any) -> None:
+    """A regenerated trained tensor against the committed one: dtype and shape exactly, integer values exactly,
+    floating values to RETRAINED_TOLERANCE of their scale (bit-identical on the machine that wrote them)."""
+    import torch
+
+    assert fresh.dtype == committed.dtype and fresh.shape == committed.shape, name
+    if not committed.is_floating_point() or committed.numel() == 0:
+        assert torch_bytes(fresh) == torch_bytes(committed), name
+        return
+    scale = committed.detach().double().abs().max().item()
+    error = (fresh.detach().double() - committed.detach().double()).abs().max().item()
+    assert error <= RETRAINED_TOLERANCE * scale, f"{name}: differs by {error:.3g} (scale {scale:.3g})"
+    assert torch.equal(fresh.isfinite(), committed.isfinite()), name
+
+
 def torch_dtype_name(tensor: Any) -> str:
     return str(tensor.dtype).removeprefix("torch.")
 

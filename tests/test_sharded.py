@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from reference import FIXTURES, fixture_generator, raw_bytes, torch_bytes
+from reference import FIXTURES, assert_retrained_equal, fixture_generator, raw_bytes, torch_bytes
 from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
@@ -83,7 +83,7 @@ def test_committed_sharded_fixtures_match_regenerated(tmp_path: Path):
         fresh, old = load_shard(path), load_shard(committed)
         assert list(fresh) == list(old), path.name
         for name in fresh:
-            assert torch_bytes(fresh[name]) == torch_bytes(old[name]) and fresh[name].dtype == old[name].dtype, name
+            assert_retrained_equal(f"{path.name}:{name}", fresh[name], old[name])
     assert len([p for p in paths if p.parent.name == "sharded_safetensors" and p.suffix == ".safetensors"]) > 2
 
 

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from reference import FIXTURES, fixture_generator, raw_bytes, torch_bytes
+from reference import FIXTURES, assert_retrained_equal, fixture_generator, raw_bytes, torch_bytes
 from typer.testing import CliRunner
 
 import paramctl
@@ -137,13 +137,15 @@ def test_committed_wrapper_fixtures_match_regenerated(tmp_path: Path):
             from safetensors.torch import load_file
 
             new, old = load_file(path), load_file(committed)
-            assert {n: torch_bytes(t) for n, t in new.items()} == {n: torch_bytes(t) for n, t in old.items()}
+            assert list(new) == list(old), path.name
+            for name in new:
+                assert_retrained_equal(f"{path.name}:{name}", new[name], old[name])
             continue
         new, old = list(walk(load(path))), list(walk(load(committed)))
         assert [(n, k) for n, k, _ in new] == [(n, k) for n, k, _ in old], path.name
         for (name, kind, a), (_, _, b) in zip(new, old):
             if kind == "tensor":
-                assert a.dtype == b.dtype and torch_bytes(a) == torch_bytes(b), name
+                assert_retrained_equal(f"{path.name}:{name}", a, b)
             elif kind == "value" and not isinstance(a, np.ndarray):
                 assert a == b, name
     assert {p.relative_to(tmp_path) for p in fresh} >= {p.relative_to(REAL) for p in WRAPPERS}
