@@ -25,6 +25,7 @@ from paramctl.cli import app
 from paramctl.ops import value_ties
 from paramctl.ops.listing import list_tree
 from paramctl.ops.ties import find_ties, unique_numel
+from paramctl.ops.value_ties import find_value_ties
 
 runner = CliRunner()
 PROFILE = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -208,7 +209,7 @@ def test_by_storage_reads_headers_only():
     ],
 )
 def test_by_value_finds_the_ties_the_format_dropped(copies: str, original: str):
-    by_value = find_ties(paramctl.open(FIXTURES / copies), "value")
+    by_value = find_value_ties(paramctl.open(FIXTURES / copies))
     by_storage = find_ties(paramctl.open(FIXTURES / original))
     relations = lambda result: {frozenset((m.name, m.relation) for m in g.members if m.partner) for g in result.ties}  # noqa: E731
     assert {frozenset(g.names) for g in by_value.ties} == {frozenset(g.names) for g in by_storage.ties}
@@ -224,7 +225,7 @@ def test_by_value_on_a_tied_safetensors_saved_without_metadata(tmp_path: Path):
     path = tmp_path / "plain.safetensors"
     save_file({name: t.clone() for name, t in model.items()}, path)
     assert find_ties(paramctl.open(path)).ties == []
-    assert {frozenset(g.names) for g in find_ties(paramctl.open(path), "value").ties} == TIED_MLP
+    assert {frozenset(g.names) for g in find_value_ties(paramctl.open(path)).ties} == TIED_MLP
 
 
 # --------------------------------------------------------------------------- random state dicts: by storage
@@ -433,7 +434,7 @@ def test_random_value_ties_match_torch(case: tuple[str, dict[str, torch.Tensor]]
         else:
             arrays = {name: t.numpy() for name, t in state.items()}
             (np.savez_compressed if fmt == "npz-deflated" else np.savez)(path, **arrays)
-        result = find_ties(paramctl.open(path), "value")
+        result = find_value_ties(paramctl.open(path))
     assert {frozenset(g.names) for g in result.ties} == reference_value_groups(state)
     order = list(state)
     for group in result.ties:

@@ -84,6 +84,8 @@ def ties_command(
         return run_configured_rules(TIE_RULES, "tie", json)
     if by not in (BY_STORAGE, BY_VALUE):
         raise fail(f"--by must be {BY_STORAGE} or {BY_VALUE}, not {by!r}")
+    if by == BY_VALUE and include_packed:
+        raise fail("--all (packed buffers) applies to --by storage only")
     expects = [parse_expect(item) for item in expect or []]
     previous = load_baseline(baseline) if baseline is not None else None
     if previous is not None and previous["by"] != by:
@@ -92,7 +94,12 @@ def ties_command(
     for path in paths:
         try:
             tree = open_tree(path, format)
-            result = find_ties(tree, by, include_packed)
+            if by == BY_VALUE:
+                from paramctl.ops.value_ties import find_value_ties  # reads data: NumPy only when asked
+
+                result = find_value_ties(tree)
+            else:
+                result = find_ties(tree, include_packed)
         except ParamctlError as error:
             if len(paths) == 1:
                 raise

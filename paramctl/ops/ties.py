@@ -456,29 +456,26 @@ def _group_json(group: TieGroup) -> dict[str, Any]:
     }
 
 
-def find_ties(tree: Tree, by: str = BY_STORAGE, include_packed: bool = False) -> TiesResult:
-    """Tie groups by storage identity (headers only) or by identical contents (`by="value"`, reads data)."""
-    if by not in (BY_STORAGE, BY_VALUE):
-        raise UsageError(f"--by must be {BY_STORAGE} or {BY_VALUE}, not {by!r}")
-    order = {name: index for index, (name, _) in enumerate(tree.tensors())}
-    numel = sum(t.numel for _, t in tree.tensors())
-    if by == BY_VALUE:
-        if include_packed:
-            raise UsageError("--all (packed buffers) applies to --by storage only")
-        from paramctl.ops.value_ties import value_groups
-
-        groups, skipped = value_groups(tree)
-        groups.sort(key=lambda g: order[g.members[0].name])
-        return TiesResult(
-            tree.file, tree.format, by, groups, numel, numel - sum(g.saved_numel for g in groups), skipped
-        )
+def find_ties(tree: Tree, include_packed: bool = False) -> TiesResult:
+    """Tie groups by storage identity: headers only, no data read. Ties by contents are
+    `value_ties.find_value_ties`, kept apart so that listing never imports NumPy."""
     groups = []
     for storage_group in storage_groups(tree):
         groups.extend(storage_group.ties)
         if include_packed and storage_group.packed is not None:
             groups.append(storage_group.packed)
+    order = tensor_order(tree)
     groups.sort(key=lambda g: (order[g.members[0].name], g.kind == PACKED_GROUP))
-    return TiesResult(tree.file, tree.format, by, groups, numel, unique_numel(tree))
+    return TiesResult(tree.file, tree.format, BY_STORAGE, groups, tree_numel(tree), unique_numel(tree))
+
+
+def tensor_order(tree: Tree) -> dict[str, int]:
+    """Each tensor name's position in the tree: groups are listed in the order of their first member."""
+    return {name: index for index, (name, _) in enumerate(tree.tensors())}
+
+
+def tree_numel(tree: Tree) -> int:
+    return sum(t.numel for _, t in tree.tensors())
 
 
 # --------------------------------------------------------------------------- CI assertions

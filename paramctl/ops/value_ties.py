@@ -22,7 +22,19 @@ import numpy as np
 
 from paramctl import reader
 from paramctl.dtypes import numpy_dtype
-from paramctl.ops.ties import ANCHOR, RESHAPED, TIE, TIED, TRANSPOSED, Member, TieGroup
+from paramctl.ops.ties import (
+    ANCHOR,
+    BY_VALUE,
+    RESHAPED,
+    TIE,
+    TIED,
+    TRANSPOSED,
+    Member,
+    TieGroup,
+    TiesResult,
+    tensor_order,
+    tree_numel,
+)
 from paramctl.tree import ByteRange, Tensor, Tree
 
 SAMPLES = 64  # elements per signature: enough to tell random weights apart, one page each to read
@@ -44,6 +56,17 @@ class _Rep:
     @property
     def order(self) -> int:
         return self.names[0][0]
+
+
+def find_value_ties(tree: Tree) -> TiesResult:
+    """Tie groups by identical contents (`ties --by value`): reads every tensor's data."""
+    groups, skipped = value_groups(tree)
+    order = tensor_order(tree)
+    groups.sort(key=lambda g: order[g.members[0].name])
+    numel = tree_numel(tree)
+    return TiesResult(
+        tree.file, tree.format, BY_VALUE, groups, numel, numel - sum(g.saved_numel for g in groups), skipped
+    )
 
 
 def value_groups(tree: Tree) -> tuple[list[TieGroup], list[str]]:
