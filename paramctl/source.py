@@ -103,7 +103,7 @@ class FileSource(ByteSource):
 class SliceSource(ByteSource):
     """Bytes [offset, offset+length) of another source, seen as a file of their own: a record embedded in a larger
     file (a chunk's torch.save archive inside a distributed checkpoint's rank file). Reads and page releases go to
-    the parent; nothing is copied. Added for distributed checkpoints (issue 12)."""
+    the parent; nothing is copied."""
 
     def __init__(self, parent: ByteSource, offset: int, length: int) -> None:
         parent.check_range(offset, length, "an embedded record")
