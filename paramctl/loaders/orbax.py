@@ -21,7 +21,7 @@ import math
 import pathlib
 from typing import Any
 
-from paramctl import dtypes
+from paramctl import dtypes, paths
 from paramctl.dtypes import DType
 from paramctl.errors import CorruptFileError, FileError, UsageError
 from paramctl.loaders.unpickler import short_repr
@@ -70,7 +70,8 @@ class OrbaxLoader:
         custom = step.get("custom_metadata") if isinstance(step, dict) else None
         entries = [_entry(path, key, entry) for key, entry in tree_metadata.items()]
         store = _Store.open(path, metadata)
-        store.start_opening([_name(keys) for keys, value in entries if value.get("value_type") in OPENED])
+        # Every stored name is checked before tensorstore opens any of them.
+        store.start_opening([_checked_name(path, keys) for keys, value in entries if value.get("value_type") in OPENED])
         nested = _nest(path, [(keys, _leaf(path, store, keys, value)) for keys, value in entries])
         try:
             leaves = flatten(nested)
@@ -159,6 +160,15 @@ def _name(keys: list[Key]) -> str:
     return ".".join(key for key, _ in keys)
 
 
+def _checked_name(path: pathlib.Path, keys: list[Key]) -> str:
+    """The array's path in the store, refused unless it stays inside the step folder: without OCDBT it is a folder
+    of its own, joined to the step's path, so an absolute key would read any zarr array on the machine."""
+    name = _name(keys)
+    if (problem := paths.key_problem(name)) is not None:
+        raise CorruptFileError(path / METADATA, f"array {short_repr(name)} {problem}: not a name inside the folder")
+    return name
+
+
 def _leaf(path: pathlib.Path, store: _Store, keys: list[Key], value: dict[str, Any]) -> Any:
     """A leaf as `tree.flatten` takes it: a Tensor, an OpaqueObject placeholder, or a plain value."""
     value_type = value.get("value_type")
@@ -166,7 +176,7 @@ def _leaf(path: pathlib.Path, store: _Store, keys: list[Key], value: dict[str, A
         return copy.copy(EMPTY_NODES[value_type])  # a fresh {} or [] for each leaf
     if value.get("skip_deserialize"):
         return OpaqueObject(f"orbax {short_repr(value_type, 40)}", note="not saved (skip_deserialize)")
-    name = _name(keys)
+    name = _checked_name(path, keys)
     if value_type == "scalar":
         return store.scalar(name)
     if value_type not in ARRAY_TYPES:
@@ -199,7 +209,7 @@ class _Store:
         if self.ocdbt:
             kvstore = {"driver": "ocdbt", "base": {"driver": "file", "path": f"{self.path}/"}, "path": name}
         else:
-            kvstore = {"driver": "file", "path": f"{self.path / name}/"}
+            kvstore = {"driver": "file", "path": f"{paths.inside(self.path, name)}/"}
         return {"driver": driver, "kvstore": kvstore}
 
     def start_opening(self, names: list[str]) -> None:

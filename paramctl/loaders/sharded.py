@@ -13,9 +13,9 @@ the index places in a shard that lacks it, a tensor found in a different shard t
 holds that the index does not list, and a name held by two shards are *inconsistencies*: the tree lists what the
 files hold and records each problem in `metadata["inconsistencies"]` (`ls` prints them and exits 1).
 
-Shard names are refused unless they stay inside the index's folder (no absolute path, no `..`, no drive, no URL),
-so a hostile index cannot make paramctl read arbitrary files. Symbolic links are followed (the Hugging Face cache
-links every snapshot file into a blob folder).
+Shard names are refused unless they stay inside the index's folder (paramctl/paths.py: no absolute path, no `..`,
+no empty segment, no backslash, drive or URL), so a hostile index cannot make paramctl read arbitrary files.
+Symbolic links are followed (the Hugging Face cache links every snapshot file into a blob folder).
 
 A folder opens as a checkpoint (`sniff_directory`) when it holds one: the file the Hugging Face libraries would load
 first (`model.safetensors.index.json`, `model.safetensors`, `pytorch_model.bin.index.json`, `pytorch_model.bin`),
@@ -31,6 +31,7 @@ import pathlib
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from paramctl import paths
 from paramctl.errors import CorruptFileError, FileError
 from paramctl.loaders.unpickler import short_repr
 from paramctl.probe import Probe
@@ -154,22 +155,16 @@ def _no_constant(name: str) -> Any:
 
 
 def shard_location(probe: Probe, shard: str) -> str:
-    """Where a shard named by the index lives: beside the index. Names that would leave its folder are refused."""
+    """Where a shard named by the index lives: beside the index. Names that would leave its folder are refused
+    (paramctl/paths.py); a remote index's sibling URLs are checked by the same rules in paramctl/remote.py."""
     sibling = getattr(probe.source, "sibling", None)  # a remote index: the shard's URL (paramctl/remote.py)
     if sibling is not None:
         return str(sibling(shard))
-    segments = shard.replace("\\", "/").split("/")
-    if (
-        not shard
-        or "\x00" in shard
-        or shard.startswith(("/", "\\"))
-        or os.path.isabs(shard)
-        or (len(shard) > 1 and shard[1] == ":")  # a Windows drive (C:...)
-        or "://" in shard
-        or any(segment in ("", ".", "..") for segment in segments)
-    ):
-        raise CorruptFileError(probe.name, f"names shard {shard!r}: not a relative path inside the index's folder")
-    return os.path.join(os.path.dirname(probe.name), *segments)
+    if (problem := paths.key_problem(shard)) is not None:
+        raise CorruptFileError(
+            probe.name, f"names shard {shard!r}: not a relative path inside the index's folder ({problem})"
+        )
+    return str(paths.inside(pathlib.Path(probe.name).parent, shard))
 
 
 def _open_shard(probe: Probe, shard: str) -> Tree:
