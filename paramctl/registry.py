@@ -11,6 +11,7 @@ import importlib
 import os
 import pathlib
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -18,7 +19,7 @@ from paramctl import remote
 from paramctl.errors import CorruptFileError, FileError, UnknownFormatError, UsageError
 from paramctl.probe import Probe
 from paramctl.source import FileSource
-from paramctl.tree import Tree
+from paramctl.tree import TooDeepError, Tree, tree_problem
 
 ENTRY_POINT_GROUP = "paramctl.loaders"
 
@@ -92,17 +93,36 @@ def loaders() -> list[LoaderInfo]:
 
 
 def open(path: str | os.PathLike[str], format: str | None = None) -> Tree:
-    """Read a checkpoint's tree: headers only, no tensor data. `format` forces a loader by name."""
+    """Read a checkpoint's tree: headers only, no tensor data. `format` forces a loader by name.
+
+    Every tree, from a built-in loader or a plugin, file or folder, is checked here before anyone sees it: each
+    tensor's layout against its storage and each storage against its data (tree.tree_problem), so a reader never
+    builds a view past the bytes that are there."""
     if remote.is_url(path):  # a URL (paramctl/remote.py); file:// is a local path
         path = remote.local_path(path) or path
     if not remote.is_url(path) and os.path.isdir(path):
-        return _open_directory(pathlib.Path(path), format)
-    probe = probe_file(path)
-    loader = detect(probe, format)
+        folder = pathlib.Path(path)
+        tree = _bounded(str(folder), lambda: _open_directory(folder, format))
+    else:
+        probe = probe_file(path)
+        loader = detect(probe, format)
+        tree = _bounded(probe.name, lambda: loader.load(probe))
+    if not isinstance(tree, Tree):
+        raise CorruptFileError(str(path), f"the loader returned {type(tree).__name__}, not a Tree")
+    if (found := tree_problem(tree)) is not None:
+        name, problem = found
+        raise CorruptFileError(tree.file, f"tensor {name}: {problem}")
+    return tree
+
+
+def _bounded(name: str, load: Callable[[], Tree]) -> Tree:
+    """`load()`, with hostile input that exhausts a resource reported as bad input naming the file, not a bug."""
     try:
-        return loader.load(probe)
-    except (RecursionError, MemoryError) as error:  # hostile input exhausting a resource is bad input, not a bug
-        raise CorruptFileError(probe.name, f"too large or too deeply nested to read ({type(error).__name__})") from None
+        return load()
+    except (RecursionError, MemoryError) as error:
+        raise CorruptFileError(name, f"too large or too deeply nested to read ({type(error).__name__})") from None
+    except TooDeepError as error:  # a plugin's tree.flatten refusing the nesting
+        raise CorruptFileError(name, str(error)) from None
 
 
 def _open_directory(path: pathlib.Path, format: str | None) -> Tree:

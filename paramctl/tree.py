@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Union
 
 from paramctl.dtypes import DType
+from paramctl.errors import CorruptFileError
 
 Path = tuple[str, ...]
 
@@ -77,7 +78,13 @@ class Block:
         """The block's values: a lazy tensor of shape `sizes`, in a storage of its own."""
         with self._lock:
             if self._tensor is None:
-                self._tensor = self._load()
+                tensor = self._load()
+                # Found only now, so not checked with the tree: the same layout rules before any read.
+                if not isinstance(tensor, Tensor):
+                    raise CorruptFileError(f"block at {list(self.offsets)}", f"{_shown(tensor)} is not a Tensor")
+                if problem := layout_problem(tensor) or storage_problem(tensor.storage, tensor.dtype.itemsize):
+                    raise CorruptFileError(tensor.storage.key, f"block at {list(self.offsets)}: {problem}")
+                self._tensor = tensor
             return self._tensor
 
 
@@ -88,7 +95,7 @@ class Blocks:
 
     Reads gather a range of elements from the blocks it intersects (reader.py), so the whole is never built. Unlike
     `Pieces` (a concatenation of byte ranges of one source, known when the file is opened), blocks are N-dimensional
-    boxes whose bytes are found only when first read. Loaders check the tiling with `blocks_problem`.
+    boxes whose bytes are found only when first read. registry.open checks the tiling (`blocks_problem`).
     """
 
     shape: tuple[int, ...]
@@ -107,10 +114,14 @@ def blocks_problem(shape: tuple[int, ...], blocks: tuple[Block, ...] | list[Bloc
     whole (then every element is in exactly one block)."""
     ndim, total = len(shape), 0
     for block in blocks:
-        where = f"{noun} at {list(block.offsets)} with sizes {list(block.sizes)}"
+        if not isinstance(block, Block) or not isinstance(block.offsets, tuple) or not isinstance(block.sizes, tuple):
+            return f"{_shown(block)} is not a {noun} with a tuple of offsets and a tuple of sizes"
+        where = f"{noun} at {_shown(list(block.offsets))} with sizes {_shown(list(block.sizes))}"
         if len(block.offsets) != ndim or len(block.sizes) != ndim:
             return f"{where} does not have the {ndim} dimensions of shape {list(shape)}"
-        if any(o < 0 or n < 0 or o + n > s for o, n, s in zip(block.offsets, block.sizes, shape)):
+        if not all(_is_size(n) for n in (*block.offsets, *block.sizes)):
+            return f"{where} lies outside the shape {list(shape)}"
+        if any(o + n > s for o, n, s in zip(block.offsets, block.sizes, shape)):
             return f"{where} lies outside the shape {list(shape)}"
         total += block.numel
     if (pair := _overlapping_blocks(blocks)) is not None:
@@ -268,44 +279,58 @@ class OpaqueObject:
 
 
 class TooDeepError(Exception):
-    """Nesting beyond MAX_DEPTH: the loader reports it as a corrupt file."""
+    """Nesting beyond MAX_DEPTH, or a structure beyond MAX_ITEMS: the loader reports it as a corrupt file."""
 
 
-def flatten(obj: Any, prefix: Path = ()) -> list[tuple[Path, Leaf]]:
+class TooLargeError(TooDeepError):
+    """A structure whose walk would visit more than MAX_ITEMS elements (a loader catches it as TooDeepError)."""
+
+
+# Elements `flatten` may visit (containers, leaves, and the members it looks at to decide that a list is a plain
+# value): tens of times what the largest real checkpoints hold, and few enough to walk in seconds.
+MAX_ITEMS = 50_000_000
+
+
+def flatten(obj: Any, prefix: Path = (), max_items: int = MAX_ITEMS) -> list[tuple[Path, Leaf]]:
     """Leaves of a nested structure of dicts, lists, tuples, Tensors, OpaqueObjects and plain values, in order.
 
     A container seen a second time (a pickle can reference one object twice, or build a loop) is shown once and
-    then as a value naming the first place, so a small file can never make the walk explode.
+    then as a value naming the first place, so a small file can never make the walk explode. The walk is iterative
+    with its own depth count: a placeholder's contents sit at the placeholder's path, so the path's length alone
+    would not bound a chain of placeholders, and Python's recursion limit must never be what stops a hostile file.
     """
     leaves: list[tuple[Path, Leaf]] = []
     seen: dict[int, Path] = {}
-
-    def walk(item: Any, path: Path) -> None:
-        if len(path) - len(prefix) > MAX_DEPTH:
+    budget = _Budget(max_items)
+    pending: list[tuple[Any, Path, int]] = [(obj, prefix, 0)]
+    while pending:
+        item, path, depth = pending.pop()
+        budget.spend(1)
+        if depth > MAX_DEPTH or len(path) - len(prefix) > MAX_DEPTH:
             raise TooDeepError(f"nesting deeper than {MAX_DEPTH} levels at {name_of(path[:20])}…")
         if isinstance(item, Tensor):
             leaves.append((path, item))
-            return
+            continue
         is_container = isinstance(item, (Mapping, list, tuple, OpaqueObject))
-        if is_container and not _is_plain(item):
+        plain = is_container and budget.is_plain(item)
+        if is_container and not plain:
             if id(item) in seen:
                 leaves.append((path, Opaque("<reference>", f"same object as {name_of(seen[id(item)]) or '<root>'}")))
-                return
+                continue
             seen[id(item)] = path
+        children: list[tuple[Any, Path, int]] = []
         if isinstance(item, OpaqueObject):
             leaves.append((path, Opaque(item.global_name, item.note)))
             if item.contents is not None:
-                walk(item.contents, path)
+                children.append((item.contents, path, depth + 1))
         elif isinstance(item, Mapping) and item:
-            for key, value in item.items():
-                walk(value, path + split_key(key))
-        elif isinstance(item, (list, tuple)) and not _is_plain(item):
-            for index, value in enumerate(item):
-                walk(value, path + (str(index),))
+            children = [(value, path + split_key(key), depth + 1) for key, value in item.items()]
+        elif isinstance(item, (list, tuple)) and not plain:
+            children = [(value, path + (str(index),), depth + 1) for index, value in enumerate(item)]
         else:
             leaves.append((path, Value(item)))
-
-    walk(obj, prefix)
+        budget.spend(len(children))
+        pending.extend(reversed(children))  # depth first, in order: the same leaves and order as a recursive walk
     return leaves
 
 
@@ -321,18 +346,141 @@ def _is_plain(item: Any, depth: int = 0) -> bool:
     return False
 
 
+class _Budget:
+    """The elements a walk has visited, with `_is_plain`'s answers remembered per object: a list referenced a
+    thousand times by a list referenced a thousand times is looked at once, not a million times."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.used = limit, 0
+        self._plain: dict[tuple[int, int], bool] = {}
+
+    def spend(self, count: int) -> None:
+        self.used += count
+        if self.used > self.limit:
+            raise TooLargeError(f"more than {self.limit:,} nested elements: refusing to walk them")
+
+    def is_plain(self, item: Any, depth: int = 0) -> bool:
+        """`_is_plain`, each element it looks at paid for."""
+        if isinstance(item, _SCALARS):
+            return True
+        if not (isinstance(item, (list, tuple, set, frozenset)) and depth < 3):
+            return False
+        key = (id(item), depth)
+        if key not in self._plain:
+            self.spend(len(item))
+            self._plain[key] = all(self.is_plain(x, depth + 1) for x in item)
+        return self._plain[key]
+
+
+# --------------------------------------------------------------------------- layouts
+
+INT64_MAX = (1 << 63) - 1  # every size, stride and offset must fit the int64 NumPy computes views with
+
+
 def layout_problem(tensor: Tensor) -> str | None:
     """Why a tensor's shape, strides and offset do not fit its storage, or None when they do.
 
-    Loaders check every tensor with this before the tree is handed out, so no command ever reads past a storage.
-    """
+    registry.open runs this (through `tree_problem`) over every tensor of every tree, whichever loader built it, so
+    no command ever builds a view past a storage's end. Values are checked for type first: a plugin may hand over
+    anything."""
+    shape, strides, offset, storage = tensor.shape, tensor.strides, tensor.offset, tensor.storage
+    if not isinstance(tensor.dtype, DType) or not _is_size(tensor.dtype.itemsize):
+        return f"dtype {tensor.dtype!r} is not a paramctl dtype"
+    if not isinstance(storage, Storage) or not _is_size(storage.nbytes):
+        return f"storage {storage!r} is not a Storage with a byte size"
+    if not isinstance(shape, tuple) or not all(_is_size(n) for n in shape):
+        return f"shape {_shown(shape)} is not a tuple of sizes"
+    if not isinstance(strides, tuple) or len(strides) != len(shape) or not all(_is_size(s) for s in strides):
+        return f"strides {_shown(strides)} are not {len(shape)} non-negative integers for shape {list(shape)}"
+    if not _is_size(offset):
+        return f"offset {_shown(offset)} is not a non-negative integer"
+    if math.prod(max(n, 1) for n in shape) > INT64_MAX:
+        return f"shape {list(shape)} has more elements than an array can"
     end_bytes = tensor.extent[1] * tensor.dtype.itemsize
-    if tensor.numel and end_bytes > tensor.storage.nbytes:
+    if tensor.numel and end_bytes > storage.nbytes:
         return (
-            f"shape {list(tensor.shape)} with strides {list(tensor.strides)} at offset {tensor.offset} needs "
-            f"{end_bytes} bytes of its storage, which has {tensor.storage.nbytes}"
+            f"shape {list(shape)} with strides {list(strides)} at offset {offset} needs "
+            f"{end_bytes} bytes of its storage, which has {storage.nbytes}"
         )
     return None
+
+
+def storage_problem(storage: Storage, itemsize: int) -> str | None:
+    """Why a storage's data cannot hold `storage.nbytes` bytes (elements of `itemsize` for Blocks), or None.
+
+    A byte range must lie inside its source, a stream and a concatenation of pieces must be at least as long as the
+    storage, and Blocks must tile their array exactly once; data of a kind paramctl does not know (a plugin's own)
+    is left to the reader, as is a storage without data (never read)."""
+    data = storage.data
+    if isinstance(data, ByteRange):
+        return _range_problem(data, storage.nbytes)
+    if isinstance(data, Pieces):
+        for piece in data.ranges:
+            if not isinstance(piece, ByteRange) or (problem := _range_problem(piece, piece.nbytes)):
+                return f"a piece of its data: {problem or 'not a ByteRange'}"
+        return _short(data.nbytes, storage.nbytes, "its pieces")
+    if isinstance(data, Stream):
+        return (
+            None
+            if _is_size(data.nbytes) and data.nbytes >= storage.nbytes
+            else _short(data.nbytes, storage.nbytes, "its stream")
+        )
+    if isinstance(data, Blocks):
+        if not isinstance(data.blocks, (tuple, list)):
+            return f"its blocks {_shown(data.blocks)} are not a tuple of blocks"
+        if not isinstance(data.shape, tuple) or not all(_is_size(n) for n in data.shape):
+            return f"its blocks' array has shape {_shown(data.shape)}, not a tuple of sizes"
+        if problem := blocks_problem(data.shape, data.blocks):
+            return problem
+        return _short(math.prod(data.shape) * itemsize, storage.nbytes, f"its blocks' array {list(data.shape)}")
+    return None
+
+
+def tree_problem(tree: Tree) -> tuple[str, str] | None:
+    """The first tensor of `tree` whose layout or storage is unsound, as (name, why), or None.
+
+    Linear in the tree: each storage's data is checked once, however many tensors view it."""
+    checked: set[int] = set()
+    for path, leaf in tree.leaves:
+        if not isinstance(leaf, Tensor):
+            continue
+        if problem := layout_problem(leaf):
+            return _named(path), problem
+        if id(leaf.storage) not in checked:
+            checked.add(id(leaf.storage))
+            if problem := storage_problem(leaf.storage, leaf.dtype.itemsize):
+                return _named(path), f"storage {leaf.storage.key}: {problem}"
+    return None
+
+
+def _named(path: Any) -> str:
+    if isinstance(path, tuple) and all(isinstance(segment, str) for segment in path):
+        return name_of(path) or "<root>"
+    return _shown(path)
+
+
+def _is_size(value: Any) -> bool:
+    return type(value) is int and 0 <= value <= INT64_MAX
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _range_problem(data: ByteRange, nbytes: int) -> str | None:
+    size = getattr(data.source, "size", None)
+    if not _is_size(data.offset) or not _is_size(data.nbytes):
+        return f"its byte range at {_shown(data.offset)} of {_shown(data.nbytes)} bytes is not a range of sizes"
+    if data.nbytes < nbytes:
+        return _short(data.nbytes, nbytes, "its byte range")
+    if _is_size(size) and data.offset + data.nbytes > size:
+        return f"its bytes {data.offset}-{data.offset + data.nbytes} lie outside the {size} bytes of {data.source.name}"
+    return None
+
+
+def _short(has: int, needs: int, what: str) -> str | None:
+    return None if has >= needs else f"{what} holds {has} bytes, fewer than the storage's {needs}"
 
 
 def contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:

@@ -18,7 +18,8 @@ Layout (torch 2.13, torch/distributed/checkpoint/metadata.py and filesystem.py):
   every chunk's record points at the blob's start with the chunk's byte count as its length.
 
 Each tensor becomes one logical tensor whose storage is a `Blocks` of its chunks, found lazily: listing a folder
-reads `.metadata` and the small value records, and only checks each chunk's range against its file's size.
+reads `.metadata` and the small value records, and only checks each chunk's range against its file's size (and,
+in registry.open, that the chunks tile the tensor). Recorded file names must stay inside the folder (paths.py).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any
 
+from paramctl import paths
 from paramctl.dtypes import DType
 from paramctl.errors import CorruptFileError, FileError
 from paramctl.loaders import pytorch, safetensors
@@ -57,7 +59,6 @@ from paramctl.tree import (
     Storage,
     Tensor,
     Tree,
-    blocks_problem,
     contiguous_strides,
     name_of,
     split_key,
@@ -175,9 +176,12 @@ class _Folder:
     def source(self, relative: str, holds: str) -> ByteSource:
         """A rank file by its recorded name; `holds` says what it holds, for the message when it is missing."""
         if relative not in self._sources:
-            if problem := _name_problem(relative):
-                raise CorruptFileError(self.metadata_path, f"{holds} is in {relative!r}, {problem}")
-            path = self.path / relative
+            # torch joins the recorded name to the folder as it is: an absolute name or `..` would read elsewhere.
+            if problem := paths.key_problem(relative):
+                raise CorruptFileError(
+                    self.metadata_path, f"{holds} is in {relative!r}, which {problem}: not a file inside the folder"
+                )
+            path = paths.inside(self.path, relative)
             try:
                 self._sources[relative] = FileSource(path)
             except FileError as error:
@@ -197,17 +201,6 @@ class _Folder:
 def _natural(name: str) -> list[Any]:
     """`__2_0.distcp` before `__10_0.distcp`: digit runs compare as numbers."""
     return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", name) if part]
-
-
-def _name_problem(relative: str) -> str | None:
-    """Why a recorded file name cannot be a file of this folder: torch joins it to the folder as it is, so an
-    absolute name or `..` would read elsewhere."""
-    parts = relative.split("/")
-    if not relative or "\\" in relative or "\0" in relative or relative.startswith("/"):
-        return "which is not a file name inside the checkpoint folder"
-    if any(part in ("", ".", "..") for part in parts):
-        return "which leads outside the checkpoint folder or is not a file name"
-    return None
 
 
 def _metadata_bytes(folder: _Folder) -> memoryview:
@@ -419,8 +412,9 @@ def _record(fqn: str, fields: dict[str, Any]) -> _Record:
 
 
 def _tensor(folder: _Folder, index: _Index, fqn: str, entry: _TensorEntry) -> Tensor:
-    """One logical tensor from its chunks: every chunk's record found and inside its file, the chunks tiling the
-    shape exactly; the chunks' own bytes are found when first read."""
+    """One logical tensor from its chunks: every chunk's record found and inside its file; the chunks' own bytes
+    are found when first read. That they tile the shape exactly once is checked by registry.open, as for every
+    Blocks storage."""
     blocks = []
     for chunk in entry.chunks:
         record = index.record(fqn, chunk.offsets)
@@ -429,8 +423,6 @@ def _tensor(folder: _Folder, index: _Index, fqn: str, entry: _TensorEntry) -> Te
         _check_inside(source, record, what)
         load = partial(_load_chunk, folder, record, fqn, chunk, entry.dtype)
         blocks.append(Block(chunk.offsets, chunk.sizes, load))
-    if problem := blocks_problem(entry.shape, blocks, "chunk"):
-        raise CorruptFileError(folder.metadata_path, f"tensor {fqn}: {problem}")
     storage = Storage(fqn, entry.dtype.itemsize * math.prod(entry.shape), Blocks(entry.shape, tuple(blocks)))
     return Tensor(entry.dtype, entry.shape, contiguous_strides(entry.shape), storage)
 
