@@ -383,6 +383,8 @@ def layout_problem(tensor: Tensor) -> str | None:
     registry.open runs this (through `tree_problem`) over every tensor of every tree, whichever loader built it, so
     no command ever builds a view past a storage's end. Values are checked for type first: a plugin may hand over
     anything."""
+    if _layout_fits(tensor):
+        return None
     shape, strides, offset, storage = tensor.shape, tensor.strides, tensor.offset, tensor.storage
     if not isinstance(tensor.dtype, DType) or not _is_size(tensor.dtype.itemsize):
         return f"dtype {tensor.dtype!r} is not a paramctl dtype"
@@ -405,6 +407,31 @@ def layout_problem(tensor: Tensor) -> str | None:
     return None
 
 
+def _layout_fits(tensor: Tensor) -> bool:
+    """True when `layout_problem` has nothing to say: one pass over the dimensions, so checking the tensors of a
+    large checkpoint costs little next to reading its header (the detailed checks run only when this fails)."""
+    shape, strides, offset, storage, dtype = tensor.shape, tensor.strides, tensor.offset, tensor.storage, tensor.dtype
+    if type(shape) is not tuple or type(strides) is not tuple or len(shape) != len(strides) or type(offset) is not int:
+        return False
+    if type(storage) is not Storage or type(storage.nbytes) is not int or not isinstance(dtype, DType):
+        return False
+    itemsize = dtype.itemsize
+    if type(itemsize) is not int or not 0 <= itemsize <= INT64_MAX or not 0 <= offset <= INT64_MAX:
+        return False
+    last, numel, span = offset, 1, 1
+    for n, s in zip(shape, strides):
+        if type(n) is not int or type(s) is not int or not 0 <= n <= INT64_MAX or not 0 <= s <= INT64_MAX:
+            return False
+        numel *= n
+        span *= n or 1
+        last += (n - 1) * s
+    return (
+        span <= INT64_MAX
+        and 0 <= storage.nbytes <= INT64_MAX
+        and (numel == 0 or (last + 1) * itemsize <= storage.nbytes)
+    )
+
+
 def storage_problem(storage: Storage, itemsize: int) -> str | None:
     """Why a storage's data cannot hold `storage.nbytes` bytes (elements of `itemsize` for Blocks), or None.
 
@@ -412,6 +439,11 @@ def storage_problem(storage: Storage, itemsize: int) -> str | None:
     storage, and Blocks must tile their array exactly once; data of a kind paramctl does not know (a plugin's own)
     is left to the reader, as is a storage without data (never read)."""
     data = storage.data
+    if type(data) is ByteRange:  # the common case first, in one comparison chain
+        offset, nbytes, size = data.offset, data.nbytes, getattr(data.source, "size", None)
+        sound = type(offset) is type(nbytes) is int and offset >= 0 and storage.nbytes <= nbytes <= INT64_MAX
+        if sound and (type(size) is not int or offset + nbytes <= size):
+            return None
     if isinstance(data, ByteRange):
         return _range_problem(data, storage.nbytes)
     if isinstance(data, Pieces):
