@@ -245,12 +245,20 @@ def _rename_leaf(metadata: dict) -> None:
     entry["key_metadata"][2]["key"] = "no_such_array"
 
 
+def _absolute_key(metadata: dict, key: str = str(JAX_FIXTURES / "mlp_orbax")) -> None:
+    """A key naming an array store elsewhere (refused by paths.key_problem before tensorstore opens anything)."""
+    entry = metadata["tree_metadata"]["('params', 'layers_0', 'kernel')"]
+    entry["key_metadata"] = [{"key": key, "key_type": 2}]
+
+
 DAMAGED = {
     "metadata not JSON": lambda path: (path / "_METADATA").write_text("{not json"),
     "no tree_metadata": lambda path: (path / "_METADATA").write_text("{}"),
     "leaf without keys": edit_metadata(lambda m: m["tree_metadata"].update({"x": {"value_metadata": {}}})),
     "shape contradicts the store": edit_metadata(_set_shape),
     "array missing from the store": edit_metadata(_rename_leaf),
+    "absolute array key": edit_metadata(_absolute_key),
+    "array key with '..'": edit_metadata(lambda m: _absolute_key(m, "../mlp_orbax")),
     "negative shape": edit_metadata(
         lambda m: m["tree_metadata"]["('params', 'layers_0', 'bias')"]["value_metadata"].update(write_shape=[-8])
     ),

@@ -264,7 +264,18 @@ def hostile(tmp_path: Path, weight_map: Any, raw: str | None = None) -> Path:
 
 @pytest.mark.parametrize(
     "shard",
-    ["../secret.safetensors", "sub/../../secret.safetensors", "SECRET", "./ok.safetensors", "", "C:secret", "a//b"],
+    [
+        "../secret.safetensors",
+        "sub/../../secret.safetensors",
+        "SECRET",
+        "./ok.safetensors",
+        "",
+        "C:secret",
+        "a//b",
+        "..\\secret.safetensors",
+        "https://elsewhere/secret.safetensors",
+        "ok.safetensors\x00",
+    ],
 )
 def test_shard_names_outside_the_folder_are_refused_before_anything_is_opened(
     tmp_path: Path, shard: str, monkeypatch: pytest.MonkeyPatch
