@@ -13,7 +13,7 @@ import pathlib
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from paramctl import remote
 from paramctl.errors import CorruptFileError, FileError, UnknownFormatError, UsageError
@@ -102,16 +102,24 @@ def open(path: str | os.PathLike[str], format: str | None = None) -> Tree:
         path = remote.local_path(path) or path
     if not remote.is_url(path) and os.path.isdir(path):
         folder = pathlib.Path(path)
-        tree = _bounded(str(folder), lambda: _open_directory(folder, format))
-    else:
-        probe = probe_file(path)
-        loader = detect(probe, format)
-        tree = _bounded(probe.name, lambda: loader.load(probe))
+        return _validated(str(folder), _bounded(str(folder), lambda: _open_directory(folder, format)))
+    probe = probe_file(path)
+    return load(probe, detect(probe, format))
+
+
+def load(probe: Probe, loader: Loader) -> Tree:
+    """One file's tree from the loader that recognised it, validated as `open` validates every tree: for code that
+    opens files a checkpoint names (a sharded index's shards), so each is held to the same rules, by its own name."""
+    return _validated(probe.name, _bounded(probe.name, lambda: loader.load(probe)))
+
+
+def _validated(name: str, tree: Any) -> Tree:
+    """`tree`, once every tensor's layout and storage are known to be sound (tree.tree_problem)."""
     if not isinstance(tree, Tree):
-        raise CorruptFileError(str(path), f"the loader returned {type(tree).__name__}, not a Tree")
+        raise CorruptFileError(name, f"the loader returned {type(tree).__name__}, not a Tree")
     if (found := tree_problem(tree)) is not None:
-        name, problem = found
-        raise CorruptFileError(tree.file, f"tensor {name}: {problem}")
+        tensor, problem = found
+        raise CorruptFileError(tree.file, f"tensor {tensor}: {problem}")
     return tree
 
 

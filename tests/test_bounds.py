@@ -429,3 +429,12 @@ def test_built_in_loaders_meet_the_same_check(tmp_path: Path):
     expected = torch.arange(8, dtype=torch.float32)[::2]  # strided inside its storage, as torch saves a view
     torch.save({"w": expected}, tmp_path / "view.pt")
     assert reader.array(paramctl.open(tmp_path / "view.pt")["w"]).tobytes() == torch_bytes(expected)
+
+
+def test_a_shards_bad_layout_names_the_shard(tmp_path: Path):
+    good, bad = tmp_path / "model-00001-of-00002.bin", tmp_path / "model-00002-of-00002.bin"
+    torch.save({"a": torch.ones(2)}, good)
+    h.torch_zip(bad, h.as_dict({"b": h.tensor_expr(size=(4,), stride=(2,), numel=4)}), {"0": b"\0" * 16})
+    index = tmp_path / "pytorch_model.bin.index.json"
+    index.write_text(json.dumps({"weight_map": {"a": good.name, "b": bad.name}}))
+    one_line_exit_2(["ls", str(index)], f"{bad}: tensor b: ", "needs 28 bytes of its storage, which has 16")

@@ -168,20 +168,17 @@ def shard_location(probe: Probe, shard: str) -> str:
 
 
 def _open_shard(probe: Probe, shard: str) -> Tree:
-    from paramctl.registry import detect, probe_file
+    from paramctl import registry
 
     location = shard_location(probe, shard)
     try:
-        shard_probe = probe_file(location)
+        shard_probe = registry.probe_file(location)
     except FileError as error:  # a missing shard: the message names it, and the index that wants it
         raise type(error)(error.path, f"{error.problem} (a shard named by {os.path.basename(probe.name)})") from None
-    loader = detect(shard_probe)
+    loader = registry.detect(shard_probe)
     if loader.name == LOADER.name:  # the index itself, or another index: never followed (no loops)
         raise CorruptFileError(probe.name, f"shard {shard!r} is an index itself (nested indexes are refused)")
-    try:
-        return loader.load(shard_probe)
-    except (RecursionError, MemoryError) as error:
-        raise CorruptFileError(location, f"too large or too deeply nested to read ({type(error).__name__})") from None
+    return registry.load(shard_probe, loader)  # bounded and validated, errors naming the shard
 
 
 def _open_shards(probe: Probe, shard_names: list[str]) -> list[Tree]:
