@@ -462,10 +462,12 @@ def _load_chunk(folder: _Folder, record: _Record, fqn: str, chunk: _Chunk, dtype
 
 def _archive_chunk(source: SliceSource, what: str) -> Tensor:
     """`torch.save(chunk)`: an archive whose pickle is one tensor."""
+    from paramctl import registry  # imported when used, as sharded.py does: the registry sits above the loaders
+
     probe = Probe(source)
     if not pytorch.LOADER.sniff(probe):
         raise CorruptFileError(source.name, f"{what} is not a torch.save archive")
-    tree = pytorch.LOADER.load(probe)
+    tree = registry.load(probe, pytorch.LOADER)  # validated: a bad layout is reported as this chunk's
     if len(tree.leaves) != 1 or not isinstance(tree.leaves[0][1], Tensor) or tree.leaves[0][0]:
         raise CorruptFileError(source.name, f"{what} holds {len(tree.leaves)} leaves, not one tensor")
     return tree.leaves[0][1]
@@ -512,6 +514,8 @@ class _Blob:
 def _value_leaves(folder: _Folder, fqn: str, record: _Record) -> list[tuple[Path, Leaf]]:
     """A plain value's record (`torch.save(obj)`) read through the torch loader, its leaves under the value's name;
     a record that cannot be read is a placeholder saying why and how large it is."""
+    from paramctl import registry  # imported when used, as sharded.py does: the registry sits above the loaders
+
     prefix = split_key(fqn)
     source = folder.source(record.file, f"value {fqn}")
     _check_inside(source, record, f"value {fqn}")
@@ -522,7 +526,7 @@ def _value_leaves(folder: _Folder, fqn: str, record: _Record) -> list[tuple[Path
         probe = Probe(SliceSource(source, record.offset, record.length))
         if not pytorch.LOADER.sniff(probe):
             raise CorruptFileError(source.name, "not a torch.save archive")
-        tree = pytorch.LOADER.load(probe)
+        tree = registry.load(probe, pytorch.LOADER)  # validated: a bad layout makes the record unreadable
     except CorruptFileError as error:
         return [(prefix, Opaque("<unreadable record>", f"{where}: {error.problem}"))]
     return [(prefix + path, leaf) for path, leaf in tree.leaves]

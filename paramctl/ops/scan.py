@@ -28,7 +28,7 @@ from typing import Any
 
 from paramctl.errors import CorruptFileError, FileError, UnknownFormatError
 from paramctl.loaders.unpickler import GlobalRef, PickleScan, resolve_global, scan_pickle
-from paramctl.registry import BUILTIN_DIRECTORY_LOADERS, detect, probe_file
+from paramctl.registry import BUILTIN_DIRECTORY_LOADERS, detect, load, probe_file
 
 REBUILT, INERT, UNKNOWN, DANGEROUS = "rebuilt", "inert", "unknown", "dangerous"
 CLASSES = (REBUILT, INERT, UNKNOWN, DANGEROUS)  # in increasing order of concern
@@ -528,7 +528,7 @@ def scan(path: str, format: str | None = None) -> ScanResult:
         return _bare_pickle(probe)
     result = ScanResult(probe.name, loader.name)
     try:
-        tree = loader.load(probe)
+        tree = load(probe, loader)  # validated as `open` validates: a bad layout is a problem scan reports
         result.format = tree.format
     except CorruptFileError as error:
         result.problems.append(error.problem)
