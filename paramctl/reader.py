@@ -72,7 +72,7 @@ def release(tensor: Tensor) -> None:
 
 def plan(tensor: Tensor, chunk_elements: int | None = None) -> list[Chunk] | None:
     """Independent row-major chunks of at most `chunk_elements`, or None for data that can only be streamed."""
-    if _sequential(tensor):
+    if sequential(tensor):
         return None
     size = chunk_elements or max(1, CHUNK_BYTES // tensor.dtype.itemsize)
     return [Chunk(tensor, start, min(start + size, tensor.numel)) for start in range(0, tensor.numel, size)]
@@ -90,8 +90,8 @@ def chunks(tensor: Tensor, chunk_elements: int | None = None) -> Iterator[np.nda
         piece.release()
 
 
-def _sequential(tensor: Tensor) -> bool:
-    """True for data read only front to back (a storage without data is refused when read, not here)."""
+def sequential(tensor: Tensor) -> bool:
+    """True for data read only front to back: read it in one pass (a storage without data is refused when read)."""
     return tensor.storage.data is not None and checked_data(tensor).sequential
 
 

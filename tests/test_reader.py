@@ -190,6 +190,7 @@ def test_a_new_kind_is_read_by_stat() -> None:
 def test_a_sequential_kind_is_streamed_never_planned() -> None:
     packed = zlib.compress(VALUES.tobytes())
     view = tensor(Deflated(packed), (3, 7), (7, 1), 14)
+    assert reader.sequential(view) and not reader.sequential(tensor(masked(), (6, 7), (7, 1)))
     assert reader.plan(view) is None
     for size in (1, 4, 21, 100):
         pieces = list(reader.chunks(view, size))
