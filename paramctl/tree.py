@@ -11,7 +11,7 @@ import math
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO, Union
+from typing import Any, BinaryIO, ClassVar, Protocol, Union
 
 from paramctl.dtypes import DType
 from paramctl.errors import CorruptFileError
@@ -22,6 +22,46 @@ Path = tuple[str, ...]
 MAX_DEPTH = 200
 
 
+class StorageData(Protocol):
+    """What a storage's data implements so the reader can read it: the protocol of a storage kind.
+
+    The reader knows no kind: it asks the data for values and nothing else, so a new kind (a loader plugin's own) is
+    one class implementing these. `view` is the tensor being read (its dtype, and its `storage.byteorder` and
+    `storage.key` for messages); positions are in elements of its dtype. Arrays are NumPy arrays, read-only views
+    where the bytes are stored as-is. Reads are bounded: only `whole` may read the whole storage.
+    """
+
+    # True for data read only front to back (a deflated member): the reader then plans no random-access chunks and
+    # reads it through `stream` (see SequentialData).
+    sequential: bool
+
+    def whole(self, view: Tensor) -> Any:
+        """The whole storage as a flat array of the view's dtype (`reader.array` of a small tensor)."""
+
+    def elements(self, view: Tensor, start: int, stop: int) -> Any:
+        """Row-major elements [start, stop) of the view, as a 1-D array: one chunk, read alone on any thread."""
+
+    def window(self, view: Tensor, offset: int, shape: tuple[int, ...], strides: tuple[int, ...]) -> Any:
+        """The storage elements at `offset + Σ i·strides`, with `shape` (the reader has checked the bounds)."""
+
+    def release(self, view: Tensor, first: int, stop: int) -> None:
+        """Drop the memory pages under storage elements [first, stop) once they are processed (may do nothing)."""
+
+
+class SequentialData(StorageData, Protocol):
+    """A storage kind whose `sequential` is True also says how to read it in one front-to-back pass."""
+
+    def stream(self, view: Tensor, size: int) -> Iterator[Any]:
+        """The view's values in row-major order, at most `size` elements at a time."""
+
+
+def _reads() -> Any:
+    """The built-in kinds' read code (NumPy), imported on first read: listing a checkpoint imports no NumPy."""
+    from paramctl import storage
+
+    return storage
+
+
 @dataclass(frozen=True)
 class ByteRange:
     """Data stored as-is at a byte range of a source: random access, zero-copy."""
@@ -29,6 +69,20 @@ class ByteRange:
     source: Any  # a paramctl.source.ByteSource
     offset: int
     nbytes: int
+    sequential: ClassVar[bool] = False
+
+    def whole(self, view: Tensor) -> Any:
+        return _reads().range_whole(self, view)
+
+    def elements(self, view: Tensor, start: int, stop: int) -> Any:
+        return _reads().range_elements(self, view, start, stop)
+
+    def window(self, view: Tensor, offset: int, shape: tuple[int, ...], strides: tuple[int, ...]) -> Any:
+        return _reads().range_window(self, view, offset, shape, strides)
+
+    def release(self, view: Tensor, first: int, stop: int) -> None:
+        itemsize = view.dtype.itemsize
+        self.source.release(self.offset + first * itemsize, (stop - first) * itemsize)
 
 
 @dataclass(frozen=True)
@@ -37,6 +91,22 @@ class Stream:
 
     open: Callable[[], BinaryIO]
     nbytes: int
+    sequential: ClassVar[bool] = True
+
+    def whole(self, view: Tensor) -> Any:
+        return _reads().stream_whole(self, view)
+
+    def elements(self, view: Tensor, start: int, stop: int) -> Any:
+        return _reads().elements_of_whole(self, view, start, stop)
+
+    def window(self, view: Tensor, offset: int, shape: tuple[int, ...], strides: tuple[int, ...]) -> Any:
+        return _reads().stream_window(self, view, offset, shape, strides)
+
+    def release(self, view: Tensor, first: int, stop: int) -> None:
+        """Nothing to drop: a stream's bytes are decompressed into memory that is freed with the chunk."""
+
+    def stream(self, view: Tensor, size: int) -> Iterator[Any]:
+        return _reads().stream_chunks(self, view, size)
 
 
 @dataclass(frozen=True)
@@ -45,18 +115,36 @@ class Pieces:
     large array into chunks). Every range holds whole elements of the tensors that view the storage."""
 
     ranges: tuple[ByteRange, ...]
+    sequential: ClassVar[bool] = False
 
     @property
     def nbytes(self) -> int:
         return sum(r.nbytes for r in self.ranges)
+
+    def whole(self, view: Tensor) -> Any:
+        return _reads().pieces_whole(self, view)
+
+    def elements(self, view: Tensor, start: int, stop: int) -> Any:
+        return _reads().pieces_elements(self, view, start, stop)
+
+    def window(self, view: Tensor, offset: int, shape: tuple[int, ...], strides: tuple[int, ...]) -> Any:
+        return _reads().pieces_window(self, view, offset, shape, strides)
+
+    def release(self, view: Tensor, first: int, stop: int) -> None:
+        itemsize, position = view.dtype.itemsize, 0
+        first, stop = first * itemsize, stop * itemsize
+        for piece in self.ranges:
+            low, high = max(first, position), min(stop, position + piece.nbytes)
+            if low < high:
+                piece.source.release(piece.offset + low - position, high - low)
+            position += piece.nbytes
 
 
 class Block:
     """One rectangular piece of a `Blocks` buffer: where it sits in the whole, and its values as a lazy Tensor.
 
     `load` runs on first use only, and its tensor is kept: finding a block's bytes may mean reading a small header of
-    its own (a chunk saved as a torch.save archive), which listing a checkpoint must not do. Added for distributed
-    checkpoints (issue 12).
+    its own (a chunk saved as a torch.save archive), which listing a checkpoint must not do.
     """
 
     def __init__(self, offsets: tuple[int, ...], sizes: tuple[int, ...], load: Callable[[], Tensor]) -> None:
@@ -93,17 +181,31 @@ class Blocks:
     """Data assembled from rectangular blocks that tile a row-major array of `shape` exactly once, each block an
     ordinary lazy Tensor in its own storage, possibly in another file (the chunks of a distributed checkpoint).
 
-    Reads gather a range of elements from the blocks it intersects (reader.py), so the whole is never built. Unlike
+    Reads gather a range of elements from the blocks it intersects (storage.py), so the whole is never built. Unlike
     `Pieces` (a concatenation of byte ranges of one source, known when the file is opened), blocks are N-dimensional
     boxes whose bytes are found only when first read. registry.open checks the tiling (`blocks_problem`).
     """
 
     shape: tuple[int, ...]
     blocks: tuple[Block, ...]
+    sequential: ClassVar[bool] = False
 
     @property
     def numel(self) -> int:
         return math.prod(self.shape)
+
+    def whole(self, view: Tensor) -> Any:
+        return _reads().blocks_whole(self, view)
+
+    def elements(self, view: Tensor, start: int, stop: int) -> Any:
+        return _reads().blocks_elements(self, view, start, stop)
+
+    def window(self, view: Tensor, offset: int, shape: tuple[int, ...], strides: tuple[int, ...]) -> Any:
+        return _reads().blocks_window(self, view, offset, shape, strides)
+
+    def release(self, view: Tensor, first: int, stop: int) -> None:
+        """Drops pages in the loaded blocks only: releasing never loads a block."""
+        _reads().blocks_release(self, first, stop)
 
 
 def blocks_problem(shape: tuple[int, ...], blocks: tuple[Block, ...] | list[Block], noun: str = "block") -> str | None:
@@ -159,7 +261,7 @@ class Storage:
 
     key: str
     nbytes: int
-    data: ByteRange | Stream | Pieces | Blocks | None = None  # None for a storage without data (never read)
+    data: StorageData | None = None  # ByteRange, Stream, Pieces, Blocks or a plugin's kind; None: nothing to read
     location: str | None = None  # the device tag the file recorded: cpu, cuda:0, mps (shown, never needed)
     byteorder: str = "little"
 

@@ -27,7 +27,7 @@ from paramctl.dtypes import numpy_dtype
 from paramctl.errors import FileError, UsageError
 from paramctl.ops.index import Layout, select, split_groups
 from paramctl.ops.listing import jsonable
-from paramctl.tree import Leaf, Opaque, Stream, Tensor, Tree, Value, name_of
+from paramctl.tree import Leaf, Opaque, Tensor, Tree, Value, name_of
 
 THRESHOLD = 1000  # NumPy's and torch's default: more elements than this print summarized
 EDGEITEMS = 3  # items kept at each end of a summarized dimension (NumPy's and torch's default)
@@ -182,7 +182,7 @@ def read(tensor: Tensor, layout: Layout) -> np.ndarray:
     out = np.empty(layout.shape, numpy_dtype(tensor.dtype))
     if out.size == 0:
         return out
-    if isinstance(tensor.storage.data, Stream):  # every window is a pass over the stream: one pass for all
+    if reader.sequential(tensor):  # every window is a pass over the stream: one pass for all
         out[...] = reader.window(tensor, layout.offset, layout.shape, layout.strides)
         return out
     slack = max(1, SLACK_BYTES // out.itemsize)
@@ -254,7 +254,7 @@ def stream(tensor: Tensor, layout: Layout, limit: int | None = None) -> Iterator
 
     A deflated member (a Stream) can only be read front to back, so its selection is read in one pass, whole.
     """
-    if isinstance(tensor.storage.data, Stream):
+    if reader.sequential(tensor):
         yield (), read(tensor, layout)
         return
     limit = limit or max(1, reader.CHUNK_BYTES // tensor.dtype.itemsize)
