@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
+from paramctl import folders
 from paramctl.errors import CorruptFileError, FileError, ParamctlError
 from paramctl.probe import Probe
 from paramctl.source import ByteSource, FileSource
@@ -179,25 +180,9 @@ def open_source(url: str) -> ByteSource:
 
 
 def choose_checkpoint(folder: str, entries: Sequence[str]) -> str:
-    """The checkpoint file a remote folder opens as, by the rule of local folders (paramctl/loaders/sharded.py):
-    the file the Hugging Face libraries load first, else the only index, else the only file with a checkpoint's
-    extension; none or several is an error (listing them)."""
-    from paramctl.loaders.sharded import CHECKPOINT_SUFFIXES, INDEX_SUFFIX, PREFERRED_FILES
-
+    """The checkpoint file a remote folder opens as, by the rule local folders follow (paramctl/folders.py)."""
     by_name = {entry.rsplit("/", 1)[-1]: entry for entry in entries}
-    names = sorted(name for name in by_name if not name.startswith("."))
-    preferred = [name for name in PREFERRED_FILES if name in by_name][:1]
-    candidates = (
-        preferred
-        or [name for name in names if name.endswith(INDEX_SUFFIX)]
-        or [name for name in names if name.lower().endswith(CHECKPOINT_SUFFIXES)]
-    )
-    if len(candidates) == 1:
-        return by_name[candidates[0]]
-    if not candidates:
-        raise FileError(redact(folder), "is a directory without a checkpoint file")
-    shown = ", ".join(candidates[:8]) + (f", … ({len(candidates)} in all)" if len(candidates) > 8 else "")
-    raise FileError(redact(folder), f"is a directory holding several checkpoints ({shown}): name one")
+    return by_name[folders.choose(redact(folder), by_name)]
 
 
 def backend_package(protocol: str) -> str:
