@@ -140,8 +140,9 @@ def _split_query(url: str) -> tuple[str, str]:
 
 
 def open_probe(url: str) -> Probe:
-    """A remote file opened for loaders: its size, its first 64 KiB and, for a zip, its directory and every member's
-    local header (fetched together), so the loaders' header reads are served from memory."""
+    """A remote file opened for loaders: its size, its first 64 KiB and, for a zip, its directory and the local
+    headers of its `.npy` members (fetched together: the npz loader reads every array's header to list it). A torch
+    archive's storage records are not touched: their local headers are read when their bytes are."""
     source = open_source(url)
     if source.size == 0:
         raise FileError(source.name, "empty file")
@@ -153,6 +154,7 @@ def open_probe(url: str) -> Probe:
                 source.prefetch(
                     (info.header_offset, 30 + len(info.orig_filename.encode()) + len(info.extra) + 84 + NPY_PEEK)
                     for info in archive.infolist()
+                    if info.filename.endswith(".npy")
                 )
     return probe
 

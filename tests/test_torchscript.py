@@ -379,3 +379,25 @@ def test_a_torchscript_storage_shorter_than_claimed_is_refused(tmp_path: Path):
     path = rewrite(REAL / "frozen.pt", tmp_path / "short.pt", "frozen/constants/0", b"\x00" * 4)
     with pytest.raises(paramctl.CorruptFileError, match="'frozen/constants/0' has 4 bytes, the storage needs 60"):
         paramctl.open(path)
+
+
+@pytest.mark.parametrize("member", ["data.pkl", "data/0"])
+def test_the_encryption_bit_is_refused_as_torch_refuses_it(tmp_path: Path, member: str):
+    """torch's reader (miniz) refuses a member whose general-purpose flag has the encryption bit, whatever member
+    it is: paramctl does too, with the same verdict for listing and reading."""
+    path = tmp_path / "flagged.pt"
+    torch.save({"w": torch.arange(4.0)}, path)
+    data = bytearray(path.read_bytes())
+    name = f"flagged/{member}".encode()
+    for signature, flags_at, name_at, length_at in ((b"PK\x03\x04", 6, 30, 26), (b"PK\x01\x02", 8, 46, 28)):
+        start = 0
+        while (start := data.find(signature, start)) >= 0:
+            length = int.from_bytes(data[start + length_at : start + length_at + 2], "little")
+            if bytes(data[start + name_at : start + name_at + length]) == name:
+                data[start + flags_at] |= 1
+            start += 4
+    path.write_bytes(bytes(data))
+    with pytest.raises(RuntimeError, match="unsupported encryption"):
+        torch.load(path, weights_only=True)
+    result = cli("stat", path)
+    assert result.exit_code == 2 and f"zip member 'flagged/{member}' is encrypted" in result.output

@@ -205,10 +205,11 @@ def note_unreferenced(
 
 
 def _member_data(probe: Probe, archive: zipfile.ZipFile, info: zipfile.ZipInfo, nbytes: int) -> ByteRange | Stream:
-    """A storage's bytes: in place when stored (the usual case), else streamed through `Probe.open_member`."""
-    offset = probe.check_member(info)
+    """A storage's bytes: in place when stored (the usual case), else streamed through `Probe.open_member`. Its
+    local header is read (and checked) only when its bytes are: listing reads no member but the pickles."""
     if info.compress_type == zipfile.ZIP_STORED:
-        return ByteRange(probe.source, offset, nbytes)
+        return ByteRange(probe.stored_member(info), 0, nbytes)
+    probe.check_entry(info)
     return Stream(lambda: probe.open_member(info), nbytes)
 
 
