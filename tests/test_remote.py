@@ -342,6 +342,61 @@ def test_credentials_in_urls_never_show(server: LoopbackServer, flag: str):
     assert headers["Authorization"].startswith("Basic ")  # the credentials were used, not shown
 
 
+@pytest.fixture()
+def elsewhere(folder: Path) -> LoopbackServer:
+    """A second loopback server on another port: another origin, serving the same files."""
+    served = LoopbackServer(folder).start()
+    yield served
+    served.close()
+
+
+CREDENTIAL_HEADERS = ("Authorization", "Cookie", "X-Api-Key", "X-Client-Header")
+
+
+@pytest.mark.parametrize("command", ["ls", "stat"])
+def test_credentials_never_follow_a_redirect_to_another_origin(
+    server: LoopbackServer, elsewhere: LoopbackServer, folder: Path, monkeypatch: pytest.MonkeyPatch, command: str
+):
+    """The user's server gets the URL's user:password, the configured headers, client headers and cookies; the
+    server it redirects to (another port: another origin) gets none of them, on the first request or any range
+    request after it."""
+    import fsspec.config
+
+    http = {
+        "headers": {"X-Api-Key": "KEY"},
+        "client_kwargs": {"headers": {"X-Client-Header": "CLIENT"}, "cookies": {"session": "COOKIE"}},
+    }
+    monkeypatch.setitem(fsspec.config.conf, "http", http)
+    monkeypatch.setattr(remote, "_HTTP_FILESYSTEMS", {})
+    url = server.url("big.pt").replace("http://", "http://alice:hunter2@")
+    elsewhere.redirect_to = None
+    server.redirect_to = elsewhere.base
+    try:
+        with server.behave("redirect"), elsewhere.behave():
+            code, out = invoke(command, url, "--json")
+            first, away = server.headers_seen[:], elsewhere.headers_seen[:]
+            paths = [path for _, path, _ in elsewhere.log]
+    finally:
+        server.redirect_to = None
+    assert code == 0, out
+    local = json.loads(invoke(command, str(folder / "big.pt"), "--json")[1])
+    assert json.loads(out)["tensors"] == local["tensors"]
+    assert len(first) == 1 and len(away) >= (2 if command == "stat" else 1) and set(paths) == {"/big.pt"}
+    assert first[0]["Authorization"].startswith("Basic ") and first[0]["X-Api-Key"] == "KEY"
+    assert first[0]["X-Client-Header"] == "CLIENT" and "COOKIE" in first[0]["Cookie"]
+    for headers in away:
+        assert not set(headers) & set(CREDENTIAL_HEADERS), headers
+        assert not any(secret in str(headers) for secret in ("KEY", "CLIENT", "COOKIE", "hunter2"))
+
+
+def test_credentials_still_follow_a_redirect_on_the_same_origin(server: LoopbackServer):
+    url = server.url("big.pt").replace("http://", "http://alice:hunter2@")
+    with server.behave("redirect"):
+        code, _ = invoke("ls", url, "--json")
+        seen = server.headers_seen[:]
+    assert code == 0 and len(seen) >= 2 and all(h["Authorization"].startswith("Basic ") for h in seen)
+
+
 def test_credentials_do_not_show_in_json_either(server: LoopbackServer):
     with server.behave():
         code, out = invoke("ls", server.url("mlp.pt") + "?token=SECRET", "--json")
