@@ -5,6 +5,7 @@ constants), torch.package.PackageImporter(f).load_pickle(...)."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import zipfile
@@ -297,12 +298,33 @@ def test_scan_reads_a_pickle_without_pkl_suffix():
     assert "packaged_script/ocr_models/model" in [p["record"] for p in document["pickles"]]
 
 
-@pytest.mark.parametrize("path", sorted(p for p in REAL.iterdir() if p.suffix == ".pt"), ids=lambda p: p.name)
+REAL_ARCHIVES = sorted(p for p in REAL.rglob("*") if p.is_file() and zipfile.is_zipfile(p))
+
+
+@pytest.mark.parametrize("path", REAL_ARCHIVES, ids=lambda p: str(p.relative_to(REAL)))
 def test_every_real_archive_lists_every_storage_record(path: Path):
-    """No real fixture holds a storage record its listed tensors do not use: nothing is silently left out."""
+    """No real fixture holds a storage record its listed tensors do not use (nothing is silently left out), and
+    every storage record torch's reader sees is one storage of the listing."""
     tree = paramctl.open(path)
     assert "unreferenced_storages" not in tree.metadata
-    assert len(list(tree.tensors())) > 0
+    records = [
+        n for n in zipfile.ZipFile(path).namelist() if re.search(r"/(data|constants)/[^/]+$|/\.data/\w+\.storage$", n)
+    ]
+    assert len({id(t.storage) for _, t in tree.tensors()}) == len(records), path.name
+
+
+def test_a_package_whose_pickles_cannot_be_found_is_refused(tmp_path: Path):
+    path = tmp_path / "hidden.pt"
+    with zipfile.ZipFile(REAL / "packaged.pt") as source, zipfile.ZipFile(path, "w") as target:
+        for info in source.infolist():
+            data = source.read(info)
+            if info.filename.startswith("packaged/model/") and info.filename.endswith(".pkl"):
+                data = b"XX" + data  # no longer starts like a pickle, no longer named like one
+                info.filename = info.filename.removesuffix(".pkl") + ".bin"
+            target.writestr(info, data)
+    result = cli("ls", path)
+    assert result.exit_code == 2, result.output
+    assert "holds 7 storage record(s) but no pickle that uses them" in result.stderr
 
 
 def unreferenced_storage_archive(tmp_path: Path) -> Path:
@@ -332,8 +354,10 @@ def test_a_package_with_an_unattributed_script_module_is_refused(tmp_path: Path)
     path = tmp_path / "orphan.pt"
     with zipfile.ZipFile(REAL / "packaged_script.pt") as source, zipfile.ZipFile(path, "w") as target:
         for info in source.infolist():
-            if info.filename != "packaged_script/ocr_models/model":
-                target.writestr(info, source.read(info))
+            data = source.read(info)
+            if info.filename == "packaged_script/ocr_models/model":
+                data = b"\x80\x03}q\x00."  # the resource is now an empty dict: nothing refers to the module
+            target.writestr(info, data)
     result = cli("ls", path)
     assert result.exit_code == 2
     assert "'packaged_script/.data/ts_code/0/data.pkl' is not referenced by any pickle" in result.stderr

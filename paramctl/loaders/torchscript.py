@@ -316,6 +316,11 @@ def _load_package(probe: Probe) -> Tree:
         text = probe.read_member(members[f"{prefix}.data/extern_modules"], 1 << 20).decode("utf-8", "replace")
         metadata["extern_modules"] = text.split()
     metadata["pickles"] = [member[len(prefix) :] for member in pickles]
+    tree = Tree(probe.name, TORCH_PACKAGE, leaves, metadata)
+    note_unreferenced(tree, names, prefix, storages, [f"{prefix}.data/"], ".storage")
+    if not pickles and tree.metadata.get("unreferenced_storages"):  # storages, but nothing that names them
+        count = len(tree.metadata["unreferenced_storages"])
+        raise CorruptFileError(probe.name, f"the package holds {count} storage record(s) but no pickle that uses them")
     unattributed = [
         name for name in names if (match := _TS_CODE.fullmatch(name[len(prefix) :])) and match.group(1) not in scripts
     ]
@@ -323,8 +328,6 @@ def _load_package(probe: Probe) -> Tree:
         raise CorruptFileError(
             probe.name, f"TorchScript module {unattributed[0]!r} is not referenced by any pickle of the package"
         )
-    tree = Tree(probe.name, TORCH_PACKAGE, leaves, metadata)
-    note_unreferenced(tree, names, prefix, storages, [f"{prefix}.data/"], ".storage")
     return tree
 
 
