@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import struct
+import threading
 import zipfile
 import zlib
 from functools import cached_property
@@ -74,28 +75,40 @@ class Probe:
         return self.zip.namelist() if self.zip is not None else []
 
     def member_data_offset(self, info: zipfile.ZipInfo) -> int:
-        """Where a member's bytes start: its local header is 30 bytes plus its own name and extra field."""
+        """Where a member's bytes start, from its local header (30 bytes plus its own name and extra field), which
+        must agree with the central directory: signature, name and compression method. Read only when the member's
+        bytes are: listing a torch archive over HTTP must not cost one request per tensor."""
         header = self.source.read(info.header_offset, 30) if 0 <= info.header_offset <= self.source.size - 30 else b""
         if len(header) < 30 or header[:4] != b"PK\x03\x04":
             raise CorruptFileError(self.name, f"zip member {info.filename!r}: bad local header")
-        name_length, extra_length = struct.unpack("<HH", header[26:30])
+        method, name_length, extra_length = struct.unpack("<H", header[8:10])[0], *struct.unpack("<HH", header[26:30])
+        name = info.orig_filename.encode("utf-8" if info.flag_bits & 0x800 else "cp437", "replace")
+        self.source.check_range(info.header_offset + 30, name_length, f"zip member {info.filename!r}'s local header")
+        if name_length != len(name) or self.source.read(info.header_offset + 30, name_length) != name:
+            raise CorruptFileError(self.name, f"zip member {info.filename!r}: its local header names another member")
+        if method != info.compress_type:
+            raise CorruptFileError(
+                self.name,
+                f"zip member {info.filename!r}: local header says compression method {method}, "
+                f"the directory {info.compress_type}",
+            )
         offset = info.header_offset + 30 + name_length + extra_length
         self.source.check_range(offset, info.compress_size, f"zip member {info.filename!r}")
         return offset
 
-    def check_member(self, info: zipfile.ZipInfo) -> int:
-        """Validate a member before reading it; returns where its (compressed) bytes start.
+    def check_entry(self, info: zipfile.ZipInfo) -> None:
+        """What the central directory alone tells about a member, checked before anything trusts it.
 
         Only stored and deflated members are read (torch's reader knows no other method, and bzip2 or LZMA can
-        inflate one small read into gigabytes). The compressed bytes must lie inside the file, a stored member's
-        size must equal its compressed size, and a deflated member cannot claim more than deflate can produce."""
+        inflate one small read into gigabytes). torch's reader (miniz) refuses a member with the encryption bit, so
+        paramctl does too. A stored member's size must equal its compressed size, a deflated member cannot claim
+        more than deflate can produce, and its bytes must fit in the file after a local header."""
         if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
             raise CorruptFileError(
                 self.name, f"zip member {info.filename!r}: compression method {info.compress_type} is not supported"
             )
         if info.flag_bits & 0x1:
             raise CorruptFileError(self.name, f"zip member {info.filename!r} is encrypted")
-        offset = self.member_data_offset(info)
         if info.compress_type == zipfile.ZIP_STORED and info.file_size != info.compress_size:
             raise CorruptFileError(
                 self.name,
@@ -107,7 +120,20 @@ class Probe:
                 f"zip member {info.filename!r} claims {info.file_size} bytes from {info.compress_size} compressed "
                 f"(more than deflate can produce)",
             )
-        return offset
+        least = 30 + len(info.orig_filename.encode("utf-8", "replace"))
+        self.source.check_range(info.header_offset + least, info.compress_size, f"zip member {info.filename!r}")
+
+    def check_member(self, info: zipfile.ZipInfo) -> int:
+        """Validate a member before reading it (`check_entry`, then its local header); returns where its
+        (compressed) bytes start."""
+        self.check_entry(info)
+        return self.member_data_offset(info)
+
+    def stored_member(self, info: zipfile.ZipInfo) -> MemberSource:
+        """A stored member's bytes as a source of their own, checked against the directory now and against its
+        local header on first read."""
+        self.check_entry(info)
+        return MemberSource(self, info)
 
     def open_member(self, info: zipfile.ZipInfo) -> BinaryIO:
         """A stream of a member's bytes (inflated as read, in bounded steps); damage surfaces as CorruptFileError."""
@@ -133,6 +159,43 @@ class Probe:
                 self.name, f"zip member {info.filename!r} holds {len(data)} bytes, not {info.file_size}"
             )
         return data
+
+
+class MemberSource(ByteSource):
+    """A stored zip member seen as a file of its own. Where its bytes start is learnt from its local header on the
+    first read (validated there, a CorruptFileError if it disagrees with the directory), never when the archive is
+    listed; reads and page releases then go to the archive's source. Over HTTP the header is fetched alone (with
+    room for torch's 64-byte alignment padding), not in a 64 KiB block."""
+
+    def __init__(self, probe: Probe, info: zipfile.ZipInfo) -> None:
+        self.parent, self.name, self.size = probe.source, probe.name, info.file_size
+        self.bytes_read = 0  # bytes handed out through `view` (the local header is not counted)
+        self._probe, self._info = probe, info
+        self._start: int | None = None
+        self._lock = threading.Lock()  # reader threads may make the first read of one member at once
+
+    def _offset(self) -> int:
+        with self._lock:
+            if self._start is None:
+                prefetch = getattr(self.parent, "prefetch", None)  # a remote source: fetch just the header
+                if prefetch is not None:
+                    info = self._info
+                    prefetch([(info.header_offset, 30 + len(info.orig_filename.encode()) + len(info.extra) + 128)])
+                self._start = self._probe.member_data_offset(self._info)
+            return self._start
+
+    def view(self, offset: int, length: int) -> memoryview:
+        self.check_range(offset, length, f"a read of zip member {self._info.filename!r}")
+        start = self._offset()
+        with self._lock:
+            self.bytes_read += length
+        return self.parent.view(start + offset, length)
+
+    def release(self, offset: int, length: int) -> None:
+        if self._start is not None:
+            start, end = max(offset, 0), min(offset + length, self.size)
+            if end > start:
+                self.parent.release(self._start + start, end - start)
 
 
 class _GuardedStream(io.RawIOBase):

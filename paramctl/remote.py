@@ -28,8 +28,9 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote, unquote, urlsplit, urlunsplit
+from urllib.parse import quote, unquote, urljoin, urlsplit, urlunsplit
 
+from paramctl import folders
 from paramctl.errors import CorruptFileError, FileError, ParamctlError
 from paramctl.probe import Probe
 from paramctl.source import ByteSource, FileSource
@@ -42,6 +43,11 @@ DIRECT_BYTES = 1 * MiB  # reads at least this large are fetched exactly, not cac
 PART_BYTES = 8 * MiB  # the largest single request
 COALESCE_GAP = 32 * KiB  # prefetched ranges closer than this are fetched in one request
 NPY_PEEK = 512  # bytes past a zip member's local header prefetched: torch's 64-byte padding, an .npy header
+
+MAX_REDIRECTS = 10
+_REDIRECT_STATUSES = (301, 302, 303, 307, 308)
+# Request options that carry no credentials: the only ones kept for a server of another origin than the URL's.
+_NEUTRAL_OPTIONS = ("ssl", "verify_ssl", "proxy")
 
 # Scheme of a URL: two or more letters, so `C://x` (a Windows drive) stays a path.
 _URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+)://")
@@ -139,8 +145,9 @@ def _split_query(url: str) -> tuple[str, str]:
 
 
 def open_probe(url: str) -> Probe:
-    """A remote file opened for loaders: its size, its first 64 KiB and, for a zip, its directory and every member's
-    local header (fetched together), so the loaders' header reads are served from memory."""
+    """A remote file opened for loaders: its size, its first 64 KiB and, for a zip, its directory and the local
+    headers of its `.npy` members (fetched together: the npz loader reads every array's header to list it). A torch
+    archive's storage records are not touched: their local headers are read when their bytes are."""
     source = open_source(url)
     if source.size == 0:
         raise FileError(source.name, "empty file")
@@ -152,6 +159,7 @@ def open_probe(url: str) -> Probe:
                 source.prefetch(
                     (info.header_offset, 30 + len(info.orig_filename.encode()) + len(info.extra) + 84 + NPY_PEEK)
                     for info in archive.infolist()
+                    if info.filename.endswith(".npy")
                 )
     return probe
 
@@ -179,25 +187,9 @@ def open_source(url: str) -> ByteSource:
 
 
 def choose_checkpoint(folder: str, entries: Sequence[str]) -> str:
-    """The checkpoint file a remote folder opens as, by the rule of local folders (paramctl/loaders/sharded.py):
-    the file the Hugging Face libraries load first, else the only index, else the only file with a checkpoint's
-    extension; none or several is an error (listing them)."""
-    from paramctl.loaders.sharded import CHECKPOINT_SUFFIXES, INDEX_SUFFIX, PREFERRED_FILES
-
+    """The checkpoint file a remote folder opens as, by the rule local folders follow (paramctl/folders.py)."""
     by_name = {entry.rsplit("/", 1)[-1]: entry for entry in entries}
-    names = sorted(name for name in by_name if not name.startswith("."))
-    preferred = [name for name in PREFERRED_FILES if name in by_name][:1]
-    candidates = (
-        preferred
-        or [name for name in names if name.endswith(INDEX_SUFFIX)]
-        or [name for name in names if name.lower().endswith(CHECKPOINT_SUFFIXES)]
-    )
-    if len(candidates) == 1:
-        return by_name[candidates[0]]
-    if not candidates:
-        raise FileError(redact(folder), "is a directory without a checkpoint file")
-    shown = ", ".join(candidates[:8]) + (f", … ({len(candidates)} in all)" if len(candidates) > 8 else "")
-    raise FileError(redact(folder), f"is a directory holding several checkpoints ({shown}): name one")
+    return by_name[folders.choose(redact(folder), by_name)]
 
 
 def backend_package(protocol: str) -> str:
@@ -524,6 +516,7 @@ class _HttpTransport:
     def __init__(self, fs: Any, url: str, name: str) -> None:
         self.fs, self.url, self.name = fs, url, name
         self.target = url  # after a redirect, the final URL (re-resolved from `url` should it expire)
+        self.origin = _origin(url)  # credentials go to this origin only, never to a redirect target elsewhere
         self.size = -1
         self.requests = 0
         self.bytes = 0
@@ -568,12 +561,29 @@ class _HttpTransport:
         except aiohttp.ClientError as error:
             raise FileError(self.name, f"request failed ({type(error).__name__}: {scrub(str(error))})") from None
 
+    async def _send(self, method: str, url: str, start: int | None, end: int | None) -> tuple[Any, str]:
+        """A request with its redirects followed here, not by aiohttp: each hop is sent with the credentials
+        (Authorization, cookies, configured headers and options) only when it goes to the origin (scheme, host,
+        port) of the URL the user gave; a hop elsewhere goes through a session that holds none. Returns the answer
+        and the URL that gave it."""
+        for _ in range(MAX_REDIRECTS + 1):
+            trusted = _origin(url) == self.origin
+            session = await self.fs.set_session() if trusted else await _bare_session(self.fs)
+            self.requests += 1
+            response = await session.request(
+                method, url, headers=self._headers(start, end, trusted), **self._request_kw(trusted)
+            )
+            location = response.headers.get("Location")
+            if response.status not in _REDIRECT_STATUSES or not location:
+                return response, url
+            response.release()
+            url = urljoin(url, location)
+        raise FileError(self.name, "too many redirects")
+
     async def _open(self) -> Any:
-        session = await self.fs.set_session()
-        self.requests += 1
-        async with session.get(self.url, headers=self._headers(0, OPENING_BYTES), **self._request_kw()) as response:
+        response, self.target = await self._send("GET", self.url, 0, OPENING_BYTES)
+        async with response:
             self._check_status(response, opening=True)
-            self.target = str(response.url)
             if response.status == 416:  # nothing to serve at byte 0: an empty file ("bytes */0")
                 return 0, b""
             if response.status == 200:  # Range ignored: the body is the whole file
@@ -584,15 +594,15 @@ class _HttpTransport:
                     self.name, f"the server answered bytes {first}-{last} when asked for bytes 0-{OPENING_BYTES - 1}"
                 )
             if total is None:
-                total = await self._size_from_head(session)
+                total = await self._size_from_head()
             self.size = total
             body = await self._body(response, last + 1, memoryview(bytearray(last + 1)), 0)
             return total, bytes(body)
 
-    async def _size_from_head(self, session: Any) -> int:
+    async def _size_from_head(self) -> int:
         """A `Content-Range` of `bytes 0-N/*`: the size from HEAD's Content-Length, or an error."""
-        self.requests += 1
-        async with session.head(self.target, headers=self._headers(None, None), **self._request_kw()) as response:
+        response, _ = await self._send("HEAD", self.target, None, None)
+        async with response:
             self._check_status(response)
             length = response.headers.get("Content-Length")
         if length is None or not length.isdigit():
@@ -650,9 +660,8 @@ class _HttpTransport:
         raise AssertionError("unreachable")
 
     async def _get_once(self, start: int, end: int, target: memoryview) -> memoryview:
-        session = await self.fs.set_session()
-        self.requests += 1
-        async with session.get(self.target, headers=self._headers(start, end), **self._request_kw()) as response:
+        response, _ = await self._send("GET", self.target, start, end)
+        async with response:
             if response.status in (401, 403, 404) and self.target != self.url:
                 raise _Expired
             self._check_status(response)
@@ -694,17 +703,22 @@ class _HttpTransport:
             raise FileError(self.name, f"the server answered {response.status} without a valid Content-Range")
         return first, last, total
 
-    def _headers(self, start: int | None, end: int | None) -> dict[str, str]:
-        headers = dict(self.fs.kwargs.get("headers") or {})
+    def _headers(self, start: int | None, end: int | None, trusted: bool) -> dict[str, str]:
+        headers = dict(self.fs.kwargs.get("headers") or {}) if trusted else {}
         headers["Accept-Encoding"] = "identity"  # sizes and ranges are of the bytes as stored
         if start is not None and end is not None:
             headers["Range"] = f"bytes={start}-{end - 1}"
         return headers
 
-    def _request_kw(self) -> dict[str, Any]:
-        """The request options of fsspec's configuration (auth, proxies...), headers merged apart."""
-        options = {key: value for key, value in self.fs.kwargs.items() if key != "headers"}
-        options.setdefault("allow_redirects", True)
+    def _request_kw(self, trusted: bool) -> dict[str, Any]:
+        """The request options of fsspec's configuration (auth, proxies...), headers merged apart; for another
+        origin only those that carry no credentials. Redirects are followed by `_send`."""
+        options = {
+            key: value
+            for key, value in self.fs.kwargs.items()
+            if key != "headers" and (trusted or key in _NEUTRAL_OPTIONS)
+        }
+        options["allow_redirects"] = False
         return options
 
     def _check_status(self, response: Any, opening: bool = False) -> None:
@@ -749,6 +763,36 @@ def _human(n: int) -> str:
         return f"{n} B"
     value, unit = next((n / size, unit) for size, unit in ((1 << 30, "GiB"), (MiB, "MiB"), (KiB, "KiB")) if n >= size)
     return f"{value:.1f}".removesuffix(".0") + f" {unit}"
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    """(scheme, host, port) of a URL, the port made explicit: what credentials are bound to."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    return scheme, (parts.hostname or "").lower(), port or {"http": 80, "https": 443}.get(scheme)
+
+
+_BARE_SESSIONS: dict[int, Any] = {}
+
+
+async def _bare_session(fs: Any) -> Any:
+    """An aiohttp session without fsspec's client options (default headers, cookies, auth) and with no cookie
+    jar, for redirect targets of another origin; the same timeouts. One per HTTP filesystem, closed at exit."""
+    if id(fs) not in _BARE_SESSIONS:
+        import weakref
+
+        import aiohttp
+
+        timeout = fs.client_kwargs.get("timeout")
+        options = {"timeout": timeout} if timeout is not None else {}
+        session = aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar(), **options)
+        _BARE_SESSIONS[id(fs)] = session
+        weakref.finalize(fs, fs.close_session, fs.loop, session)
+    return _BARE_SESSIONS[id(fs)]
 
 
 _HTTP_FILESYSTEMS: dict[float, Any] = {}

@@ -4,7 +4,8 @@ counts requests and body bytes, and misbehaves on demand.
 Behaviours (`server.behave(*flags)`, all off by default):
   ignore-range   answer 200 with the whole body, whatever Range says
   no-length      send no Content-Length (the body ends when the connection closes)
-  redirect       answer 302 to /_moved/<path>, which is served normally
+  redirect       answer 302 to /_moved/<path>, which is served normally (to `redirect_to` + /<path> when that
+                 is set: the base URL of another server)
   forbidden      403
   not-found      404
   cut-short      announce the full length, send half the body, close
@@ -43,6 +44,7 @@ class LoopbackServer(ThreadingHTTPServer):
         self.root = Path(root).resolve()
         self.flags: set[str] = set()
         self.stall_seconds = 5.0
+        self.redirect_to: str | None = None  # with "redirect": another server's base URL (another origin)
         self.wake = threading.Event()  # set on close: stalled handlers return at once
         self.log: list[tuple[str, str, str | None]] = []  # (method, path with query, Range header)
         self.headers_seen: list[dict[str, str]] = []
@@ -134,9 +136,9 @@ class _Handler(BaseHTTPRequestHandler):
             return self._status(403, "Forbidden")
         if "not-found" in flags:
             return self._status(404, "Not Found")
-        if "redirect" in flags and not path.startswith(MOVED):
+        if "redirect" in flags and not path.startswith(MOVED):  # a redirect target of another origin is served
             self.send_response(302)
-            self.send_header("Location", MOVED + path)
+            self.send_header("Location", f"{server.redirect_to}{path}" if server.redirect_to else MOVED + path)
             self.send_header("Content-Length", "0")
             self.end_headers()
             return None

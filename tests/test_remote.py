@@ -141,18 +141,65 @@ def test_a_url_operand_takes_a_subtree(server: LoopbackServer, folder: Path):
 @pytest.mark.parametrize("command", ["ls", "ties", "scan"])
 def test_header_only_commands_fetch_headers_only(server: LoopbackServer, folder: Path, name: str, command: str):
     """A 16 MiB file: the safetensors header is in the first 64 KiB (one request); a zip adds its last 64 KiB (the
-    directory) and its members' local headers, fetched together."""
+    directory), and an npz its members' local headers, fetched together."""
     with server.behave():
         same_json_as_local([command, "PATH", "--json"], server.url(name), folder / name)
         stats = server.stats()
     local_runs = 1  # the comparison runs the command once remotely
     if name.endswith(".safetensors"):
         assert stats["requests"] == local_runs
+    elif name.endswith(".pt"):
+        assert stats["requests"] <= 2  # no storage record's local header is read to list
     else:
-        members = BIG_TENSORS + 5  # data.pkl, byteorder, version, .data/version, serialization id (or none for npz)
-        assert stats["requests"] <= 2 + members
+        assert stats["requests"] <= 2 + BIG_TENSORS
     assert stats["bytes"] < 200_000, stats
     assert stats["max_in_flight"] <= remote.OPTIONS.max_in_flight
+
+
+@pytest.mark.parametrize("count", [3, 16, 300])
+def test_listing_a_torch_archive_costs_the_same_for_any_number_of_tensors(
+    server: LoopbackServer, folder: Path, count: int
+):
+    """The first bytes, the end records and the pickle: no storage record's local header is fetched to list a .pt,
+    so 300 tensors cost what 3 do; reading values then finds each record's bytes through its local header."""
+    name = f"many_{count}.pt"
+    state = {
+        f"layers.{i}.weight": torch.randn(128, 128, generator=torch.Generator().manual_seed(i)) for i in range(count)
+    }
+    torch.save(state, folder / name)
+    with server.behave():
+        same_json_as_local(["ls", "PATH", "--json"], server.url(name), folder / name)
+        stats = server.stats()
+    assert stats["requests"] <= 6 and stats["bytes"] < 256 * 1024, stats
+    assert not any(range_ and int(range_.split("=")[1].split("-")[0]) in _record_offsets(folder / name)
+                   for _, _, range_ in server.log)  # fmt: skip
+    code, out = invoke("show", server.url(name), f"layers.{count - 1}.weight", "--json", "--full")
+    assert code == 0, out
+    assert json.loads(out)["selections"][0]["values"] == state[f"layers.{count - 1}.weight"].tolist()
+
+
+def _record_offsets(path: Path) -> set[int]:
+    import zipfile
+
+    return {info.header_offset for info in zipfile.ZipFile(path).infolist() if "/data/" in info.filename}
+
+
+def test_a_local_header_that_disagrees_is_found_when_the_bytes_are_read(server: LoopbackServer, folder: Path):
+    """Listing trusts the central directory; the first read of a record checks its local header against it."""
+    import zipfile
+
+    path = folder / "lying_local_header.pt"
+    torch.save({"a": torch.ones(4), "b": torch.zeros(4)}, path)
+    info = next(i for i in zipfile.ZipFile(path).infolist() if i.filename.endswith("/data/1"))
+    data = bytearray(path.read_bytes())
+    data[info.header_offset + 8 : info.header_offset + 10] = (8).to_bytes(2, "little")  # "deflated"
+    path.write_bytes(bytes(data))
+    for target in (str(path), server.url(path.name)):
+        assert invoke("ls", target)[0] == 0
+        code, out = invoke("stat", target)
+        assert code == 2
+        assert "zip member 'lying_local_header/data/1': local header says compression method 8" in out
+        assert len(out.strip().splitlines()) == 1
 
 
 @pytest.mark.parametrize("name", BIG)
@@ -293,6 +340,61 @@ def test_credentials_in_urls_never_show(server: LoopbackServer, flag: str):
     assert "SECRET" not in out and "hunter2" not in out and "alice" not in out
     assert "http://***@127.0.0.1:" in out and "/big.pt?token=***&download=***: " in out
     assert headers["Authorization"].startswith("Basic ")  # the credentials were used, not shown
+
+
+@pytest.fixture()
+def elsewhere(folder: Path) -> LoopbackServer:
+    """A second loopback server on another port: another origin, serving the same files."""
+    served = LoopbackServer(folder).start()
+    yield served
+    served.close()
+
+
+CREDENTIAL_HEADERS = ("Authorization", "Cookie", "X-Api-Key", "X-Client-Header")
+
+
+@pytest.mark.parametrize("command", ["ls", "stat"])
+def test_credentials_never_follow_a_redirect_to_another_origin(
+    server: LoopbackServer, elsewhere: LoopbackServer, folder: Path, monkeypatch: pytest.MonkeyPatch, command: str
+):
+    """The user's server gets the URL's user:password, the configured headers, client headers and cookies; the
+    server it redirects to (another port: another origin) gets none of them, on the first request or any range
+    request after it."""
+    import fsspec.config
+
+    http = {
+        "headers": {"X-Api-Key": "KEY"},
+        "client_kwargs": {"headers": {"X-Client-Header": "CLIENT"}, "cookies": {"session": "COOKIE"}},
+    }
+    monkeypatch.setitem(fsspec.config.conf, "http", http)
+    monkeypatch.setattr(remote, "_HTTP_FILESYSTEMS", {})
+    url = server.url("big.pt").replace("http://", "http://alice:hunter2@")
+    elsewhere.redirect_to = None
+    server.redirect_to = elsewhere.base
+    try:
+        with server.behave("redirect"), elsewhere.behave():
+            code, out = invoke(command, url, "--json")
+            first, away = server.headers_seen[:], elsewhere.headers_seen[:]
+            paths = [path for _, path, _ in elsewhere.log]
+    finally:
+        server.redirect_to = None
+    assert code == 0, out
+    local = json.loads(invoke(command, str(folder / "big.pt"), "--json")[1])
+    assert json.loads(out)["tensors"] == local["tensors"]
+    assert len(first) == 1 and len(away) >= (2 if command == "stat" else 1) and set(paths) == {"/big.pt"}
+    assert first[0]["Authorization"].startswith("Basic ") and first[0]["X-Api-Key"] == "KEY"
+    assert first[0]["X-Client-Header"] == "CLIENT" and "COOKIE" in first[0]["Cookie"]
+    for headers in away:
+        assert not set(headers) & set(CREDENTIAL_HEADERS), headers
+        assert not any(secret in str(headers) for secret in ("KEY", "CLIENT", "COOKIE", "hunter2"))
+
+
+def test_credentials_still_follow_a_redirect_on_the_same_origin(server: LoopbackServer):
+    url = server.url("big.pt").replace("http://", "http://alice:hunter2@")
+    with server.behave("redirect"):
+        code, _ = invoke("ls", url, "--json")
+        seen = server.headers_seen[:]
+    assert code == 0 and len(seen) >= 2 and all(h["Authorization"].startswith("Basic ") for h in seen)
 
 
 def test_credentials_do_not_show_in_json_either(server: LoopbackServer):

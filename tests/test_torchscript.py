@@ -5,6 +5,7 @@ constants), torch.package.PackageImporter(f).load_pickle(...)."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import zipfile
@@ -13,7 +14,15 @@ from typing import Any
 
 import pytest
 import torch
-from reference import FIXTURES, fixture_generator, raw_bytes, reference_flatten, torch_bytes
+from reference import (
+    FIXTURES,
+    fixture_generator,
+    paramctl_tensors,
+    raw_bytes,
+    reference_flatten,
+    sharing_groups,
+    torch_bytes,
+)
 from typer.testing import CliRunner
 
 import paramctl
@@ -66,9 +75,13 @@ def by_content(values: list[Any]) -> list[tuple[str, tuple[int, ...], bytes]]:
 
 def test_committed_torchscript_and_package_fixtures_match_regenerated(tmp_path: Path):
     fresh = generator().write_torchscript(tmp_path) + generator().write_package(tmp_path)
+    fresh += generator().write_packaged_script(tmp_path)
     for path in fresh:
         old = REAL / path.name
-        if path.name == "packaged.pt":
+        if path.name == "packaged_script.pt":
+            new_state = torch.package.PackageImporter(path).load_pickle("ocr_models", "model").state_dict()
+            old_state = torch.package.PackageImporter(old).load_pickle("ocr_models", "model").state_dict()
+        elif path.name == "packaged.pt":
             new_state, old_state = {}, {}
             for resource in ("model.pkl", "scripted.pkl"):
                 new_state |= torch.package.PackageImporter(path).load_pickle("model", resource).state_dict()
@@ -229,6 +242,136 @@ def test_package_metadata():
     assert tree.metadata["extern_modules"] == torch.package.PackageImporter(REAL / "packaged.pt").extern_modules
 
 
+def test_a_packaged_script_module_lists_its_state_dict_with_its_tie():
+    """The oracle: PackageImporter rebuilds the ScriptModule; its state_dict() names, dtypes, shapes, bytes and
+    storage sharing are what paramctl lists under the package and resource name."""
+    path = REAL / "packaged_script.pt"
+    names = zipfile.ZipFile(path).namelist()
+    assert "packaged_script/.data/ts_code/0/data.pkl" in names and "packaged_script/ocr_models/model" in names
+    state = torch.package.PackageImporter(path).load_pickle("ocr_models", "model").state_dict()
+    ours = tensors(path)
+    assert list(ours) == [f"ocr_models.model.{name}" for name in state]
+    for name, tensor in state.items():
+        assert_same(ours[f"ocr_models.model.{name}"], tensor, name)
+    theirs = {f"ocr_models.model.{n}": t.untyped_storage().data_ptr() for n, t in state.items()}
+    groups = sharing_groups(theirs)
+    assert groups == {frozenset({"ocr_models.model.embed.weight", "ocr_models.model.head.weight"})}
+    assert sharing_groups({name: row[3] for name, row in paramctl_tensors(path).items()}) == groups
+    document = json.loads(cli("ls", path, "--json").stdout)
+    assert document["format"] == "torch-package" and "unreferenced_storages" not in document["metadata"]
+    assert document["metadata"]["pickles"] == ["ocr_models/model"]
+    ties = {t["name"]: t["tie"] for t in document["tensors"]}
+    assert ties["ocr_models.model.head.weight"]["partner"] == "ocr_models.model.embed.weight"
+
+
+@pytest.mark.parametrize("command", ["stat", "ties", "diff", "show"])
+def test_every_command_reads_a_packaged_script_module(command: str, tmp_path: Path):
+    path = REAL / "packaged_script.pt"
+    state = torch.package.PackageImporter(path).load_pickle("ocr_models", "model").state_dict()
+    saved = tmp_path / "state.pt"  # the oracle's state dict under the names paramctl gives the package's tensors
+    torch.save({f"ocr_models.model.{name}": tensor for name, tensor in state.items()}, saved)
+    args = {
+        "stat": ["stat", path, "--json"],
+        "ties": ["ties", path, "--json"],
+        "diff": ["diff", path, saved, "--json"],
+        "show": ["show", path, "ocr_models.model.scale", "--json"],
+    }[command]
+    result = cli(*args)
+    assert result.exit_code == (1 if command == "diff" else 0), result.output  # diff: the module's plain values
+    document = json.loads(result.stdout)
+    text = json.dumps(document)
+    if command == "show":
+        assert document["selections"][0]["values"] == state["scale"].tolist()
+    elif command == "stat":
+        rows = {row["name"]: row for row in document["tensors"]}
+        for name, tensor in state.items():
+            assert rows[f"ocr_models.model.{name}"]["mean"] == pytest.approx(tensor.double().mean().item())
+    elif command == "diff":
+        assert document["equal_count"] == len(state) and document["changed"] == document["dropped_ties"] == []
+        assert {row["kind"] for row in document["only_in_a"]} == {"value", "object"} and not document["only_in_b"]
+    else:
+        assert "ocr_models.model.head.weight" in text
+
+
+def test_scan_reads_a_pickle_without_pkl_suffix():
+    document = json.loads(cli("scan", REAL / "packaged_script.pt", "--json").stdout)
+    assert "packaged_script/ocr_models/model" in [p["record"] for p in document["pickles"]]
+
+
+REAL_ARCHIVES = sorted(p for p in REAL.rglob("*") if p.is_file() and zipfile.is_zipfile(p))
+
+
+@pytest.mark.parametrize("path", REAL_ARCHIVES, ids=lambda p: str(p.relative_to(REAL)))
+def test_every_real_archive_lists_every_storage_record(path: Path):
+    """No real fixture holds a storage record its listed tensors do not use (nothing is silently left out), and
+    every storage record torch's reader sees is one storage of the listing."""
+    tree = paramctl.open(path)
+    assert "unreferenced_storages" not in tree.metadata
+    records = [
+        n for n in zipfile.ZipFile(path).namelist() if re.search(r"/(data|constants)/[^/]+$|/\.data/\w+\.storage$", n)
+    ]
+    assert len({id(t.storage) for _, t in tree.tensors()}) == len(records), path.name
+
+
+def test_a_package_whose_pickles_cannot_be_found_is_refused(tmp_path: Path):
+    path = tmp_path / "hidden.pt"
+    with zipfile.ZipFile(REAL / "packaged.pt") as source, zipfile.ZipFile(path, "w") as target:
+        for info in source.infolist():
+            data = source.read(info)
+            if info.filename.startswith("packaged/model/") and info.filename.endswith(".pkl"):
+                data = b"XX" + data  # no longer starts like a pickle, no longer named like one
+                info.filename = info.filename.removesuffix(".pkl") + ".bin"
+            target.writestr(info, data)
+    result = cli("ls", path)
+    assert result.exit_code == 2, result.output
+    assert "holds 7 storage record(s) but no pickle that uses them" in result.stderr
+
+
+def unreferenced_storage_archive(tmp_path: Path) -> Path:
+    """A torch.save archive with one more storage record than its pickle names (what a pickle paramctl could not
+    list would leave behind)."""
+    path = tmp_path / "extra.pt"
+    torch.save({"w": torch.arange(4.0)}, path)
+    with zipfile.ZipFile(path, "a") as archive:
+        archive.writestr("extra/data/7", b"\x00" * 16)
+    return path
+
+
+def test_storage_records_no_tensor_uses_are_reported(tmp_path: Path):
+    path = unreferenced_storage_archive(tmp_path)
+    assert list(torch.load(path, weights_only=True)) == ["w"]  # torch sees one tensor too
+    result = cli("ls", path)
+    assert result.exit_code == 0
+    assert "unreferenced: 1 storage record(s) no listed tensor uses (data/7)" in result.stdout
+    document = json.loads(cli("ls", path, "--json").stdout)
+    assert document["metadata"]["unreferenced_storages"] == ["data/7"]
+    assert [t["name"] for t in document["tensors"]] == ["w"]
+
+
+def test_a_package_with_an_unattributed_script_module_is_refused(tmp_path: Path):
+    """A ScriptModule's pickles that no pickle of the package references cannot be named: exit 2, never
+    '0 tensors'."""
+    path = tmp_path / "orphan.pt"
+    with zipfile.ZipFile(REAL / "packaged_script.pt") as source, zipfile.ZipFile(path, "w") as target:
+        for info in source.infolist():
+            data = source.read(info)
+            if info.filename == "packaged_script/ocr_models/model":
+                data = b"\x80\x03}q\x00."  # the resource is now an empty dict: nothing refers to the module
+            target.writestr(info, data)
+    result = cli("ls", path)
+    assert result.exit_code == 2
+    assert "'packaged_script/.data/ts_code/0/data.pkl' is not referenced by any pickle" in result.stderr
+
+
+def test_a_torchscript_archive_reports_unused_constants(tmp_path: Path):
+    path = tmp_path / "traced.pt"
+    with zipfile.ZipFile(REAL / "traced.pt") as source, zipfile.ZipFile(path, "w") as target:
+        for info in source.infolist():
+            target.writestr(info, source.read(info))
+        target.writestr("traced/constants/9", b"\x00" * 8)
+    assert paramctl.open(path).metadata["unreferenced_storages"] == ["constants/9"]
+
+
 # --------------------------------------------------------------------------- hostile archives
 
 
@@ -260,3 +403,25 @@ def test_a_torchscript_storage_shorter_than_claimed_is_refused(tmp_path: Path):
     path = rewrite(REAL / "frozen.pt", tmp_path / "short.pt", "frozen/constants/0", b"\x00" * 4)
     with pytest.raises(paramctl.CorruptFileError, match="'frozen/constants/0' has 4 bytes, the storage needs 60"):
         paramctl.open(path)
+
+
+@pytest.mark.parametrize("member", ["data.pkl", "data/0"])
+def test_the_encryption_bit_is_refused_as_torch_refuses_it(tmp_path: Path, member: str):
+    """torch's reader (miniz) refuses a member whose general-purpose flag has the encryption bit, whatever member
+    it is: paramctl does too, with the same verdict for listing and reading."""
+    path = tmp_path / "flagged.pt"
+    torch.save({"w": torch.arange(4.0)}, path)
+    data = bytearray(path.read_bytes())
+    name = f"flagged/{member}".encode()
+    for signature, flags_at, name_at, length_at in ((b"PK\x03\x04", 6, 30, 26), (b"PK\x01\x02", 8, 46, 28)):
+        start = 0
+        while (start := data.find(signature, start)) >= 0:
+            length = int.from_bytes(data[start + length_at : start + length_at + 2], "little")
+            if bytes(data[start + name_at : start + name_at + length]) == name:
+                data[start + flags_at] |= 1
+            start += 4
+    path.write_bytes(bytes(data))
+    with pytest.raises(RuntimeError, match="unsupported encryption"):
+        torch.load(path, weights_only=True)
+    result = cli("stat", path)
+    assert result.exit_code == 2 and f"zip member 'flagged/{member}' is encrypted" in result.output

@@ -45,6 +45,9 @@ def ls_command(
     if not json:
         for problem in listing.inconsistencies:
             console().print(text(f"inconsistent: {problem['message']}"))
+        if unused := listing.metadata.get("unreferenced_storages"):  # the file holds more than its pickles name
+            shown = ", ".join(unused[:8]) + (", …" if len(unused) > 8 else "")
+            console().print(text(f"unreferenced: {len(unused)} storage record(s) no listed tensor uses ({shown})"))
     if listing.inconsistencies:  # the listing is complete, but the index promises what the shards do not hold
         count = len(listing.inconsistencies)
         typer.echo(

@@ -65,13 +65,14 @@ LOADER = TorchLoader()
 LEGACY_PICKLES = ("magic number", "protocol version", "sys info", "object", "storage keys")
 
 
-def _zip_pickles(probe: Probe, require_data_pkl: bool = True) -> list[PickleScan]:
-    """Every `.pkl` member scanned without rebuilding anything: `data.pkl` first (the one torch reads), then the
-    rest in archive order."""
+def _zip_pickles(probe: Probe, require_data_pkl: bool = True, also: list[str] | None = None) -> list[PickleScan]:
+    """Every `.pkl` member (and the members in `also`, pickles by content) scanned without rebuilding anything:
+    `data.pkl` first (the one torch reads), then the rest in archive order."""
     prefix = _archive_prefix(probe)
     if probe.zip is None or (prefix is None and require_data_pkl):
         raise CorruptFileError(probe.name, "not a torch zip archive: it holds no data.pkl")
-    names = [n for n in probe.zip_names if n.endswith(".pkl")]
+    extra = set(also or ())
+    names = [n for n in probe.zip_names if n.endswith(".pkl") or n in extra]
     names.sort(key=lambda n: n != f"{prefix or ''}data.pkl")  # stable: the rest keep archive order
     scans = []
     for name in names:
@@ -152,7 +153,7 @@ def _load_zip(probe: Probe) -> Tree:
         byteorder = member_bytes("byteorder", 16).decode("ascii", "replace").strip()
         if byteorder not in ("little", "big"):
             raise CorruptFileError(probe.name, f"byteorder record says {byteorder!r}")
-    storages: dict[str, Storage] = {}
+    storages: dict[str, Storage] = {}  # by key: the record is `<archive>/data/<key>`
 
     def persistent_load(pid: Any) -> StorageRef:
         storage_type, key, location, numel = _storage_pid(pid, 5, probe.name)
@@ -172,14 +173,40 @@ def _load_zip(probe: Probe) -> Tree:
     metadata: dict[str, Any] = {"archive": prefix.rstrip("/"), "byteorder": byteorder}
     if prefix + ".data/version" in members:
         metadata["version"] = member_bytes(".data/version", 64).decode("ascii", "replace").strip()
-    return Tree(probe.name, "torch-zip", _flatten(obj, len(pickle), probe.name), metadata)
+    tree = Tree(probe.name, "torch-zip", _flatten(obj, len(pickle), probe.name), metadata)
+    records = {f"{prefix}data/{key}": storage for key, storage in storages.items()}
+    note_unreferenced(tree, probe.zip_names, prefix, records, [f"{prefix}data/"])
+    return tree
+
+
+UNREFERENCED = "unreferenced_storages"  # the metadata key: storage records of the file no listed tensor uses
+
+
+def note_unreferenced(
+    tree: Tree, names: list[str], prefix: str, records: dict[str, Storage], folders: list[str], suffix: str = ""
+) -> None:
+    """Record in `tree.metadata[UNREFERENCED]` the storage records (members directly in one of `folders`, ending in
+    `suffix`) that no listed tensor uses, relative to the archive folder: a pickle paramctl does not list, or one
+    that drops a storage, must not pass for a file with fewer tensors. `records` maps the records the pickles
+    referenced to their storages."""
+    listed = {id(tensor.storage) for _, tensor in tree.tensors()}
+    unused = [
+        name[len(prefix) :]
+        for name in names
+        if any(name.startswith(folder) and "/" not in name[len(folder) :] for folder in folders)
+        and name.endswith(suffix)
+        and (name not in records or id(records[name]) not in listed)
+    ]
+    if unused:
+        tree.metadata[UNREFERENCED] = unused
 
 
 def _member_data(probe: Probe, archive: zipfile.ZipFile, info: zipfile.ZipInfo, nbytes: int) -> ByteRange | Stream:
-    """A storage's bytes: in place when stored (the usual case), else streamed through `Probe.open_member`."""
-    offset = probe.check_member(info)
+    """A storage's bytes: in place when stored (the usual case), else streamed through `Probe.open_member`. Its
+    local header is read (and checked) only when its bytes are: listing reads no member but the pickles."""
     if info.compress_type == zipfile.ZIP_STORED:
-        return ByteRange(probe.source, offset, nbytes)
+        return ByteRange(probe.stored_member(info), 0, nbytes)
+    probe.check_entry(info)
     return Stream(lambda: probe.open_member(info), nbytes)
 
 

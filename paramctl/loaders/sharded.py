@@ -31,22 +31,13 @@ import pathlib
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from paramctl import paths
+from paramctl import folders, paths
 from paramctl.errors import CorruptFileError, FileError
 from paramctl.loaders.unpickler import short_repr
 from paramctl.probe import Probe
 from paramctl.tree import Leaf, Path, Tensor, Tree, name_of
 
 MAX_INDEX_SIZE = 64 << 20  # the index of a 400B-parameter model is ~100 KiB
-INDEX_SUFFIX = ".index.json"
-# What the Hugging Face libraries load first from a folder, in their order (remote.choose_checkpoint, for URLs, agrees).
-PREFERRED_FILES = (
-    "model.safetensors.index.json",
-    "model.safetensors",
-    "pytorch_model.bin.index.json",
-    "pytorch_model.bin",
-)
-CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt", ".npz", ".msgpack")
 
 MISSING, MISPLACED, UNLISTED, DUPLICATE = "missing", "misplaced", "unlisted", "duplicate"
 
@@ -113,7 +104,7 @@ class ShardedLoader:
         return pickles_of(probe) if pickles_of is not None else []
 
     def sniff_directory(self, path: pathlib.Path) -> bool:
-        return bool(_candidates(path))
+        return bool(folders.candidates(_file_names(path)))
 
     def load_directory(self, path: pathlib.Path) -> Tree:
         from paramctl import registry
@@ -251,28 +242,15 @@ def _merge(
 # --------------------------------------------------------------------------- folders
 
 
-def _candidates(folder: pathlib.Path) -> list[str]:
-    """The checkpoint files of a folder a user may have meant: the Hugging Face libraries' first choice, else the
-    index files, else the files with a checkpoint's extension (hidden files and sub-folders never count)."""
+def _file_names(folder: pathlib.Path) -> list[str]:
+    """The names of the files in a folder (sub-folders never count)."""
     try:
-        names = sorted(entry.name for entry in os.scandir(folder) if not entry.name.startswith(".") and entry.is_file())
+        return [entry.name for entry in os.scandir(folder) if entry.is_file()]
     except OSError:
         return []
-    for preferred in PREFERRED_FILES:
-        if preferred in names:
-            return [preferred]
-    indexes = [name for name in names if name.endswith(INDEX_SUFFIX)]
-    if indexes:
-        return indexes
-    return [name for name in names if name.lower().endswith(CHECKPOINT_SUFFIXES)]
 
 
 def choose_file(folder: pathlib.Path) -> pathlib.Path:
-    """The one checkpoint file a folder holds, or a FileError listing the candidates."""
-    candidates = _candidates(folder)
-    if len(candidates) == 1:
-        return folder / candidates[0]
-    shown = ", ".join(candidates[:8]) + (f", … ({len(candidates)} in all)" if len(candidates) > 8 else "")
-    if not candidates:
-        raise FileError(str(folder), "is a directory without a checkpoint file")
-    raise FileError(str(folder), f"is a directory holding several checkpoints ({shown}): name one")
+    """The one checkpoint file a folder holds (by the rule of paramctl/folders.py), or a FileError listing the
+    candidates."""
+    return folder / folders.choose(str(folder), _file_names(folder))

@@ -29,7 +29,15 @@ import zipfile
 from typing import Any
 
 from paramctl.errors import CorruptFileError
-from paramctl.loaders.pytorch import _MAX_PICKLE, _archive_prefix, _flatten, _member_data, _storage_pid, _zip_pickles
+from paramctl.loaders.pytorch import (
+    _MAX_PICKLE,
+    _archive_prefix,
+    _flatten,
+    _member_data,
+    _storage_pid,
+    _zip_pickles,
+    note_unreferenced,
+)
 from paramctl.loaders.unpickler import (
     INT64_MAX,
     Global,
@@ -44,6 +52,7 @@ from paramctl.probe import Probe
 from paramctl.tree import MAX_DEPTH, Leaf, OpaqueObject, Path, Storage, TooDeepError, Tree
 
 TORCHSCRIPT, TORCH_PACKAGE = "torchscript", "torch-package"
+_TS_CODE = re.compile(r"\.data/ts_code/([^/]+)/data\.pkl")  # a packaged ScriptModule's pickle, by module id
 _KEY = re.compile(r"[A-Za-z0-9_]+(\.storage)?")  # a package storage key: a record name in `.data/`, nothing more
 # TorchScript pickles in the order torch reads them, each with the folder of its storages and the path prefix its
 # objects are listed under.
@@ -92,7 +101,8 @@ class TorchScriptLoader:
     def pickles(self, probe: Probe) -> list[PickleScan]:
         """Every `.pkl` member, scanned without rebuilding anything: for TorchScript `data.pkl` first (the one
         torch reads first), then the rest in archive order."""
-        return _zip_pickles(probe, require_data_pkl=False)
+        extra = package_pickles(probe) if kind(probe) == TORCH_PACKAGE else []
+        return _zip_pickles(probe, require_data_pkl=False, also=extra)
 
 
 LOADER = TorchScriptLoader()
@@ -121,12 +131,13 @@ def _load_script(probe: Probe) -> Tree:
     members = {info.filename: info for info in archive.infolist()}
     byteorder = _byteorder(probe, members, prefix)
     leaves: list[tuple[Path, Leaf]] = []
+    records: dict[str, Storage] = {}
     for folder, path in _SCRIPT_PICKLES:
         if f"{prefix}{folder}.pkl" not in members:
             if folder == "data":
                 raise CorruptFileError(probe.name, f"missing record {prefix}data.pkl")
             continue
-        obj, size = _unpickle(probe, archive, members, prefix, folder, byteorder)
+        obj, size = _unpickle(probe, archive, members, prefix, folder, byteorder, records)
         obj = _unwrap(obj)
         if folder == "constants" and isinstance(obj, tuple):  # the code's CONSTANTS.c0, c1, …
             obj = {f"c{index}": value for index, value in enumerate(obj)}
@@ -139,7 +150,9 @@ def _load_script(probe: Probe) -> Tree:
     extra = [name[len(prefix) + 6 :] for name in members if name.startswith(f"{prefix}extra/")]
     if extra:
         metadata["extra_files"] = extra
-    return Tree(probe.name, TORCHSCRIPT, leaves, metadata)
+    tree = Tree(probe.name, TORCHSCRIPT, leaves, metadata)
+    note_unreferenced(tree, probe.zip_names, prefix, records, [f"{prefix}data/", f"{prefix}constants/"])
+    return tree
 
 
 def _byteorder(probe: Probe, members: dict[str, zipfile.ZipInfo], prefix: str) -> str:
@@ -158,8 +171,10 @@ def _unpickle(
     prefix: str,
     folder: str,
     byteorder: str,
+    records: dict[str, Storage],
 ) -> tuple[Any, int]:
-    """One TorchScript pickle, its storages read from `<archive>/<folder>/<key>`."""
+    """One TorchScript pickle, its storages read from `<archive>/<folder>/<key>` (and added to `records`, by
+    record name)."""
     storages: dict[str, Storage] = {}
 
     def persistent_load(pid: Any) -> StorageRef:
@@ -168,6 +183,7 @@ def _unpickle(
             record = f"{prefix}{folder}/{key}"
             shown = key if folder == "data" else f"{folder}/{key}"  # as torch.save's keys; constants apart
             storages[key] = _storage(probe, archive, members, record, shown, storage_type, numel, location, byteorder)
+            records[record] = storages[key]
         return StorageRef(storages[key], storage_type.dtype)
 
     pickle = probe.read_member(members[f"{prefix}{folder}.pkl"], _MAX_PICKLE)
@@ -281,7 +297,7 @@ def _load_package(probe: Probe) -> Tree:
         return storage(pid, lambda key: f"{key}.storage")
 
     leaves: list[tuple[Path, Leaf]] = []
-    pickles = [n for n in names if n.endswith(".pkl") and not n.startswith(f"{prefix}.data/")]
+    pickles = package_pickles(probe)
     for member in pickles:
         data = probe.read_member(members[member], _MAX_PICKLE)
         obj = _fold_modules(Unpickler(data, persistent_load).load())
@@ -297,7 +313,47 @@ def _load_package(probe: Probe) -> Tree:
         text = probe.read_member(members[f"{prefix}.data/extern_modules"], 1 << 20).decode("utf-8", "replace")
         metadata["extern_modules"] = text.split()
     metadata["pickles"] = [member[len(prefix) :] for member in pickles]
-    return Tree(probe.name, TORCH_PACKAGE, leaves, metadata)
+    tree = Tree(probe.name, TORCH_PACKAGE, leaves, metadata)
+    note_unreferenced(tree, names, prefix, storages, [f"{prefix}.data/"], ".storage")
+    if not pickles and tree.metadata.get("unreferenced_storages"):  # storages, but nothing that names them
+        count = len(tree.metadata["unreferenced_storages"])
+        raise CorruptFileError(probe.name, f"the package holds {count} storage record(s) but no pickle that uses them")
+    unattributed = [
+        name for name in names if (match := _TS_CODE.fullmatch(name[len(prefix) :])) and match.group(1) not in scripts
+    ]
+    if unattributed:
+        raise CorruptFileError(
+            probe.name, f"TorchScript module {unattributed[0]!r} is not referenced by any pickle of the package"
+        )
+    return tree
+
+
+def package_pickles(probe: Probe) -> list[str]:
+    """The package's pickles outside `.data/`, in archive order: every `.pkl` member, and every other member that
+    starts like a pickle (`save_pickle` takes any resource name: packages on PyPI name theirs `model`). Source
+    files (`.py`) are not pickles; only a member's first two bytes are read to tell."""
+    names = probe.zip_names
+    prefix = names[0].split("/", 1)[0] + "/" if names and "/" in names[0] else ""
+    members = {info.filename: info for info in probe.zip.infolist()} if probe.zip is not None else {}
+    found = []
+    for name in names:
+        if not name.startswith(prefix) or name.startswith(f"{prefix}.data/") or name.endswith("/"):
+            continue
+        if name.endswith(".pkl") or (not name.endswith(".py") and _starts_like_pickle(probe, members[name])):
+            found.append(name)
+    return found
+
+
+def _starts_like_pickle(probe: Probe, info: zipfile.ZipInfo) -> bool:
+    """PROTO 2 to 5, the first opcode of every pickle PackageExporter writes (protocol 3)."""
+    if info.file_size < 2:
+        return False
+    if info.compress_type == zipfile.ZIP_STORED:
+        head = probe.source.read(probe.check_member(info), 2)
+    else:
+        with probe.open_member(info) as stream:
+            head = stream.read(2)
+    return head[:1] == b"\x80" and 2 <= head[1] <= 5 if len(head) == 2 else False
 
 
 def _fold_modules(obj: Any) -> Any:
