@@ -32,7 +32,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from paramctl.errors import CorruptFileError, FileError
-from paramctl.loaders.unpickler import short_repr
+from paramctl.pickles import short_repr
 from paramctl.probe import Probe
 from paramctl.tree import Leaf, Path, Tensor, Tree, name_of
 

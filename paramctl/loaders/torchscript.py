@@ -30,7 +30,7 @@ from typing import Any
 
 from paramctl.errors import CorruptFileError
 from paramctl.loaders.pytorch import _MAX_PICKLE, _archive_prefix, _flatten, _member_data, _storage_pid, _zip_pickles
-from paramctl.loaders.unpickler import (
+from paramctl.pickles import (
     INT64_MAX,
     Global,
     PickleError,
