@@ -357,7 +357,9 @@ def resolve_global(module: str, name: str) -> Any:
 
 # Pseudo-modules in `globals_seen` for what a pickle does that no global's name says: classed dangerous.
 COMPUTED_MODULE = "<built on the stack>"
+COMPUTED_NAME = "computed name"
 FRAME_MODULE = "<frame>"
+FRAME_VIOLATION_NAME = "boundary violation"
 EXTENSION_MODULE = "<extension registry>"
 
 _MARK = object()
@@ -395,7 +397,8 @@ class Unpickler:
 
     # -- reading bytes -------------------------------------------------------------------------------------
     def _frame_violation(self, what: str) -> FrameViolation:
-        self.globals_seen.append(GlobalRef(FRAME_MODULE, what, self.op_pos, OPCODE_NAMES[self.data[self.op_pos]]))
+        opcode = OPCODE_NAMES[self.data[self.op_pos]]
+        self.globals_seen.append(GlobalRef(FRAME_MODULE, FRAME_VIOLATION_NAME, self.op_pos, opcode))
         return FrameViolation(f"{FRAME_VIOLATION} ({what}, opcode at byte {self.op_pos})")
 
     def _check_frame(self, end: int) -> None:
@@ -594,7 +597,7 @@ class Unpickler:
             # A name computed by the pickle itself (a call's result here, a string at load time): what it imports
             # is decided when it runs, so a scan must count the obfuscation itself as dangerous.
             shown = f"{short_repr(module, 60)} . {short_repr(name, 60)}"
-            self.globals_seen.append(GlobalRef(COMPUTED_MODULE, shown, self.op_pos, "STACK_GLOBAL"))
+            self.globals_seen.append(GlobalRef(COMPUTED_MODULE, COMPUTED_NAME, self.op_pos, "STACK_GLOBAL"))
             raise PickleError(f"STACK_GLOBAL with a module or name built on the stack ({shown}): an obfuscation")
         self._push(self._resolve(module, name, "STACK_GLOBAL"))
 
