@@ -7,7 +7,17 @@ from dataclasses import dataclass
 from typing import Any
 
 from paramctl.pickles.globals import DANGEROUS, classify
-from paramctl.pickles.machine import OPCODE_NAMES, Built, Global, GlobalRef, PickleError, Unpickler
+from paramctl.pickles.machine import (
+    COMPUTED_MODULE,
+    EXTENSION_MODULE,
+    FRAME_MODULE,
+    OPCODE_NAMES,
+    Built,
+    Global,
+    GlobalRef,
+    PickleError,
+    Unpickler,
+)
 from paramctl.tree import MAX_DEPTH, OpaqueObject, name_of, split_key
 
 
@@ -80,12 +90,26 @@ def reference_paths(obj: Any) -> dict[int, str]:
     return paths
 
 
+PSEUDO_MODULES = frozenset({COMPUTED_MODULE, EXTENSION_MODULE, FRAME_MODULE})
+
+
+def credible_globals(scan: PickleScan, data: Any) -> list[GlobalRef]:
+    """The globals a scan found that show `data` is meant as a pickle: named ones, and the pseudo-globals (frame
+    violations, extension codes, computed names) only in data that opens with PROTO. Random bytes (a storage
+    record) hit an EXT or FRAME opcode within a few bytes; they rarely spell out `c<module>\n<name>\n`."""
+    opens_with_proto = len(data) > scan.start and data[scan.start] == 0x80
+    return [ref for ref in scan.globals if opens_with_proto or ref.module not in PSEUDO_MODULES]
+
+
 def find_pickle(data: Any, record: str, start: int = 0) -> PickleScan | None:
     """`data` at `start` scanned as a pickle, or None if it is not one. A pickle is recognised by its opcode stream,
     not its first byte (`N0cposix\nsystem\n…` is a protocol 0 pickle): the machine must read it to a STOP. A
     stream that breaks later still counts when it named a dangerous global first, since pickle.load imports and
     calls what it meets before failing (a text file that happens to start like a GLOBAL names nothing dangerous)."""
     scan = scan_pickle(data, record, start)
-    if scan.end is not None or any(classify(ref.module, ref.name)[0] == DANGEROUS for ref in scan.globals):
+    credible = credible_globals(scan, data)
+    if scan.end is not None and (credible or not scan.globals):
+        return scan
+    if any(classify(ref.module, ref.name)[0] == DANGEROUS for ref in credible):
         return scan
     return None
