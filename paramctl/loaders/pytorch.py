@@ -195,7 +195,7 @@ def _is_legacy(head: bytes) -> bool:
 
 
 def _no_persistent_ids(pid: Any) -> Any:
-    raise PickleError(f"unexpected persistent id {pid!r:.80}")
+    raise PickleError(f"unexpected persistent id {short_repr(pid, 80)}")
 
 
 def _load_legacy(probe: Probe) -> Tree:

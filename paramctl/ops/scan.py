@@ -24,6 +24,7 @@ import os
 import pathlib
 import zipfile
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -206,7 +207,7 @@ def scan(path: str, format: str | None = None) -> ScanResult:
             if error.problem not in result.problems:
                 result.problems.append(error.problem)
     if probe.is_zip:
-        scans = _other_zip_pickles(probe, scans)
+        scans = _other_zip_pickles(probe, scans, skip=_loader_records)
     is_torch = loader.name == "torch" or result.format == "torchscript"  # torch.load hands TorchScript to torch.jit
     _collect(result, scans, torch=is_torch)
     if is_torch:
@@ -221,8 +222,7 @@ def scan(path: str, format: str | None = None) -> ScanResult:
 
 def _scan_directory(path: pathlib.Path, format: str | None) -> ScanResult:
     """A checkpoint folder whose loader lists the pickles torch would load from it (`pickles_directory`, with
-    `scan_notes` on how torch loads each): a DCP folder's `.metadata` and the records inside its rank files.
-    Added for distributed checkpoints (issue 12)."""
+    `scan_notes` on how torch loads each): a DCP folder's `.metadata` and the records inside its rank files."""
     for name, module in BUILTIN_DIRECTORY_LOADERS.items():
         loader = importlib.import_module(module).LOADER
         if format in (None, name) and loader.sniff_directory(path):
@@ -332,15 +332,26 @@ def _any_pickles(probe: Probe) -> ScanResult | None:
     return result
 
 
-def _other_zip_pickles(probe: Probe, scans: list[PickleScan]) -> list[PickleScan]:
-    """`scans` plus every other member of the zip that is a pickle, whatever its name; a member a loader could not
-    read (its flags claim encryption: torch's reader ignores that bit) is read again here from its local header.
-    Members that parse as a pickle but name no global (a storage that happens to read as one) are left out."""
+def _loader_records(name: str) -> bool:
+    """Members a checkpoint loader reads as data, never as a pickle: torch's storage records (`<archive>/data/<key>`)
+    and npz arrays (the npz loader scans object arrays itself). Reading them would fetch every tensor of a remote
+    checkpoint to find nothing."""
+    parts = name.split("/")
+    return (2 <= len(parts) <= 3 and parts[-2] == "data") or name.endswith(".npy")
+
+
+def _other_zip_pickles(
+    probe: Probe, scans: list[PickleScan], skip: Callable[[str], bool] = lambda name: False
+) -> list[PickleScan]:
+    """`scans` plus every other member of the zip that is a pickle, whatever its name (but those `skip` says a
+    loader reads as data); a member a loader could not read (its flags claim encryption) is read again here from its
+    local header. Members that parse as a pickle but name no global are left out unless named `.pkl`."""
     assert probe.zip is not None
     done = {s.record for s in scans if s.error is None or s.globals}
+    records = {s.record for s in scans}
     found = [s for s in scans if s.record in done]
     for info in probe.zip.infolist():
-        if info.is_dir() or info.filename in done:
+        if info.is_dir() or info.filename in done or (skip(info.filename) and info.filename not in records):
             continue
         previous = next((s for s in scans if s.record == info.filename), None)
         try:

@@ -7,8 +7,12 @@ that records its name and whatever the pickle puts inside it, so the tensors and
 memo is a dict and every length is checked against the bytes present, so a lying pickle cannot make it allocate.
 
 Every global the pickle names is recorded with its opcode and byte offset (`globals_seen`), whichever opcode names
-it (GLOBAL, STACK_GLOBAL, INST, EXT1/2/4); `scan_pickle` runs the same machine without rebuilding anything, so a
-file whose tensors are broken can still be scanned, and says where each global ends up in the object.
+it (GLOBAL, STACK_GLOBAL, INST, EXT1/2/4); `walk.scan_pickle` runs the same machine without rebuilding anything,
+so a file whose tensors are broken can still be scanned, and says where each global ends up in the object.
+
+Protocol 4 frames are enforced as pickle.py enforces them (no read across a frame's end, no frame inside another's
+unread bytes, none past the end): the C unpickler reading a file does not, and would run other opcodes than the
+ones read here. Placeholder names and reprs are bounded, so work stays linear in the pickle's size.
 """
 
 from __future__ import annotations
