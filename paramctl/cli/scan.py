@@ -87,7 +87,7 @@ def _where_text(finding: Finding) -> str:
 def _print_report(result: ScanResult, strict: bool = False) -> None:
     from rich.table import Table
 
-    from paramctl.pickles import BLOCKED, DANGEROUS, UNKNOWN, torch_name
+    from paramctl.pickles import BLOCKED, DANGEROUS, PSEUDO_MODULES, UNKNOWN, torch_name
 
     out = console()
     counts = ", ".join(f"{n} {cls}" for cls, n in reversed(result.counts().items()) if n) or "none"
@@ -133,13 +133,14 @@ def _print_report(result: ScanResult, strict: bool = False) -> None:
         refused = f"STRICT: refused (outside the weights_only allowlist and paramctl's inert types): {names}"
         out.print(text(refused, "bold red"))
     if result.dangerous:
-        names = ", ".join(dict.fromkeys(f.imports for f in result.dangerous))
-        out.print(
-            text(
-                f"DANGEROUS: loading this file with pickle or torch.load(weights_only=False) would call {names}",
-                "bold red",
-            )
-        )
+        called = [f for f in result.dangerous if f.module not in PSEUDO_MODULES]
+        if called:
+            names = ", ".join(dict.fromkeys(f.imports for f in called))
+            load = "loading this file with pickle or torch.load(weights_only=False)"
+            out.print(text(f"DANGEROUS: {load} would call {names}", "bold red"))
+        for finding in result.dangerous:
+            if finding.module in PSEUDO_MODULES:
+                out.print(text(f"DANGEROUS: {finding.reason}", "bold red"))
     elif any(f.cls == UNKNOWN for f in result.globals):
         out.print(text("unknown globals: loading imports and calls them; trust their packages before loading"))
     elif result.valid:

@@ -33,6 +33,7 @@ from paramctl.pickles import (
     BLOCKED,
     CLASSES,
     DANGEROUS,
+    PSEUDO_MODULES,
     REFUSED,
     TORCH_WEIGHTS_ONLY_OPCODES,
     GlobalRef,
@@ -262,7 +263,9 @@ def _collect(result: ScanResult, scans: list[PickleScan], torch: bool) -> None:
             finding = by_name.get((ref.module, ref.name))
             if finding is None:
                 cls, reason = classify(ref.module, ref.name)
-                weights_only = torch_weights_only(ref.module, ref.name) if torch else None
+                # a pseudo-global is no GLOBAL torch checks: its opcodes are in weights_only_unsupported_opcodes
+                named = torch and ref.module not in PSEUDO_MODULES
+                weights_only = torch_weights_only(ref.module, ref.name) if named else None
                 finding = by_name[ref.module, ref.name] = Finding(ref.module, ref.name, cls, reason, weights_only)
                 result.globals.append(finding)
             finding.where.append(_where(scan_, ref, index))

@@ -45,13 +45,13 @@ from paramctl.pickles.machine import (
     short_repr,
 )
 from paramctl.pickles.paged import PagedBytes
-from paramctl.pickles.walk import PickleScan, find_pickle, reference_paths, scan_pickle
+from paramctl.pickles.walk import PSEUDO_MODULES, PickleScan, find_pickle, reference_paths, scan_pickle
 
 __all__ = [
-    "ALLOWED", "BLOCKED", "CLASSES", "DANGEROUS", "FRAME_VIOLATION", "INERT", "INT64_MAX", "REBUILT", "REFUSED",
-    "TORCH_WEIGHTS_ONLY_ALLOWED", "TORCH_WEIGHTS_ONLY_BLOCKED", "TORCH_WEIGHTS_ONLY_OPCODES", "UNKNOWN", "Built",
-    "FrameViolation", "Global", "GlobalRef", "PagedBytes", "PickleError", "PickleScan", "StorageRef",
-    "StorageType", "Unpickler", "classify", "expansion_problem", "find_pickle", "python3_name",
+    "ALLOWED", "BLOCKED", "CLASSES", "DANGEROUS", "FRAME_VIOLATION", "INERT", "INT64_MAX", "PSEUDO_MODULES",
+    "REBUILT", "REFUSED", "TORCH_WEIGHTS_ONLY_ALLOWED", "TORCH_WEIGHTS_ONLY_BLOCKED", "TORCH_WEIGHTS_ONLY_OPCODES",
+    "UNKNOWN", "Built", "FrameViolation", "Global", "GlobalRef", "PagedBytes", "PickleError", "PickleScan",
+    "StorageRef", "StorageType", "Unpickler", "classify", "expansion_problem", "find_pickle", "python3_name",
     "reference_paths", "resolve_global", "scan_pickle", "short_repr", "strict_allowed", "torch_name",
     "torch_weights_only",
 ]  # fmt: skip
