@@ -646,3 +646,17 @@ def test_strict_refuses_anything_outside_the_allowlist(checkpoints: dict[str, Pa
     assert report["strict_refused"] == ["test_scan.Config"]
     for name in ("p2", "legacy", "namespace", "parameter"):
         assert runner.invoke(app, ["scan", "--strict", str(checkpoints[name])]).exit_code == 0, name
+
+
+def test_the_pickle_package_sits_below_the_loaders_and_scan_uses_public_names_only():
+    import ast
+
+    package = ROOT / "paramctl" / "pickles"
+    for module in package.glob("*.py"):
+        for node in ast.walk(ast.parse(module.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("paramctl."):
+                assert node.module.split(".")[1] not in ("loaders", "ops", "cli", "registry"), (module, node.module)
+    for node in ast.walk(ast.parse((ROOT / "paramctl" / "ops" / "scan.py").read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("paramctl"):
+            assert not node.module.startswith("paramctl.loaders"), node.module
+            assert all(not alias.name.startswith("_") for alias in node.names), node.module
