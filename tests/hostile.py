@@ -48,6 +48,7 @@ class Case:
     marker: Path | None = None  # what the payload would create if anything ran it
     live: str | None = None  # how the real loaders run it: "pickle", "torch", "numpy"; None when nothing would
     kind: str = "pickle"  # pickle, corrupt, path, valid
+    scan_valid: bool | None = None  # scan's `valid` when it differs from ls's (a bare pickle: ls refuses it)
 
 
 @dataclass
@@ -286,6 +287,7 @@ def build(directory: Path, markers: Path) -> list[Case]:
     corrupt_safetensors(corpus)
     corrupt_npz(corpus)
     path_oddities(corpus)
+    pickle_machine(corpus)
     return corpus.cases
 
 
@@ -480,7 +482,9 @@ def malicious_pickles(c: Corpus) -> None:
         if role == "keys":
             replacement = b"\x80\x02(" + uni("0") + call(glob("os", "system"), text(shell(m))) + b"l."
         path = legacy_file(d / f"legacy_{role}.pt", legacy_pickles(**{role: replacement}), [(4, bytes(16))])
-        c.add(Case(path.name, path, ls_exit, DANGEROUS, error, ("os.system",), m, live="torch"))
+        # Without its magic number the file is no legacy checkpoint, but still a row of pickles, scanned whole.
+        scan_valid = True if role == "magic" else None
+        c.add(Case(path.name, path, ls_exit, DANGEROUS, error, ("os.system",), m, live="torch", scan_valid=scan_valid))
     m = c.marker("legacy_persistent_id")
     obj = as_dict({"evil": tup(uni("storage"), call(glob("os", "system"), text(shell(m)))) + b"Q"})
     path = legacy_file(d / "legacy_persistent_id.pt", legacy_pickles(obj), [(4, bytes(16))])
@@ -490,7 +494,8 @@ def malicious_pickles(c: Corpus) -> None:
     m = c.marker("bare")
     path = d / "bare.pkl"
     path.write_bytes(pickle.dumps(Reduce(os.system, shell(m)), protocol=2))
-    c.add(Case(path.name, path, BAD, DANGEROUS, "unrecognised format", ("posix.system",), m, live="torch"))
+    c.add(Case(path.name, path, BAD, DANGEROUS, "unrecognised format", ("posix.system",), m, live="torch",
+               scan_valid=True))  # fmt: skip
     # An npz object array is a pickle after the .npy header: np.load(allow_pickle=True) runs it.
     m = c.marker("npz_object")
     buffer = io.BytesIO()
@@ -744,6 +749,122 @@ class _quiet:
         self._catch.__exit__(*exc)
 
 
+# -- the pickle machine: frames, pickles anywhere, the blocklists' names, obfuscated names, bounds ----------------
+# (cases for paramctl/pickles and `scan` reading any pickle; each bullet of that work has at least one case)
+
+FRAME = "<frame>.boundary violation"
+
+
+def framed(body: bytes, after: bytes) -> bytes:
+    """PROTO 4, one FRAME holding `body`, then `after` outside any frame."""
+    return b"\x80\x04\x95" + struct.pack("<Q", len(body)) + body + after
+
+
+def frame_straddle(marker: Path) -> bytes:
+    """A BININT whose 4-byte argument crosses its frame's end by 3 bytes. Read flat (pickletools, a naive scanner)
+    the int takes the frame's last byte and the next 3; a SHORT_BINBYTES then swallows the payload as data. The C
+    unpickler reading a file (pickle.load, torch.load's data.pkl) drops the frame's rest and reads the int from the
+    4 bytes after the frame: the length byte becomes EMPTY_DICT and the payload runs."""
+    payload = glob("posix", "system") + tup(text(shell(marker))) + b"R."
+    assert len(payload) <= ord("}")
+    after = b"\x00\x00\x00" + b"C" + b"}" + payload.ljust(ord("}"), b"N") + b"."
+    return framed(b"J" + b"A", after)
+
+
+def pickle_machine(c: Corpus) -> None:
+    d = c.directory
+    # Frame boundary violations: invalid for every loader, dangerous for scan.
+    m = c.marker("frame_straddle_bare")
+    path = d / "frame_straddle.pkl"
+    path.write_bytes(frame_straddle(m))
+    c.add(Case(path.name, path, BAD, DANGEROUS, "unrecognised format", (FRAME,), m, live="pickle-stream"))
+    m = c.marker("frame_straddle_zip")
+    path = torch_zip(d / "frame_straddle.pt", frame_straddle(m))
+    c.add(Case(path.name, path, BAD, DANGEROUS, "frame boundary violation", (FRAME,), m, live="torch"))
+    nested = framed(b"\x95" + struct.pack("<Q", 2) + b"N.", b"")  # a frame opened inside the first one
+    path = torch_zip(d / "frame_nested.pt", nested)
+    c.add(Case(path.name, path, BAD, DANGEROUS, "frame boundary violation", (FRAME,)))
+    path = torch_zip(d / "frame_past_end.pt", b"\x80\x04\x95" + struct.pack("<Q", 1 << 40) + b"N.")
+    c.add(Case(path.name, path, BAD, DANGEROUS, "frame boundary violation", (FRAME,)))
+    line = framed(b"c" + b"posix\nsys", b"tem\n" + tup(text("true")) + b"R.")  # a GLOBAL's line crosses the end
+    path = torch_zip(d / "frame_line.pt", line)
+    c.add(Case(path.name, path, BAD, DANGEROUS, "frame boundary violation", (FRAME,)))
+
+    # Bare pickles of every protocol, under any name (pickle.load reads them all).
+    names = ["p0.pkl", "p1.pickle", "p2.bin", "p3", "p4.pt", "p5.data"]
+    for protocol, name in enumerate(names):
+        m = c.marker(f"bare_{protocol}")
+        path = d / f"bare_{name}"
+        path.write_bytes(pickle.dumps(Reduce(os.system, shell(m)), protocol=protocol))
+        c.add(Case(path.name, path, BAD, DANGEROUS, "unrecognised format", ("posix.system",), m,
+                   live="pickle-file", scan_valid=True))  # fmt: skip
+    # Protocol 0 without PROTO, opening with NONE and POP: recognised by its opcodes, not its first byte.
+    m = c.marker("no_proto")
+    path = d / "no_proto"
+    path.write_bytes(b"N0" + glob("posix", "system") + tup(text(shell(m))) + b"R.")
+    c.add(Case(path.name, path, BAD, DANGEROUS, "unrecognised format", ("posix.system",), m, live="pickle-file",
+               scan_valid=True))  # fmt: skip
+    # A lone .npy object array.
+    m = c.marker("npy_object")
+    path = d / "object.npy"
+    np.save(path, np.array([Reduce(os.system, shell(m))], dtype=object), allow_pickle=True)
+    c.add(Case(path.name, path, BAD, DANGEROUS, "unrecognised format", ("posix.system",), m, live="npy",
+               scan_valid=True))  # fmt: skip
+    # Zips whose pickle member has another name.
+    for name, member, live in (("zip_config", "model/config.pkl", "pickle"), ("zip_txt", "data.txt", "zip-all")):
+        m = c.marker(name)
+        path = d / f"{name}.zip"
+        with zipfile.ZipFile(path, "w") as z:
+            z.writestr("README", "weights inside")
+            z.writestr(member, pickle.dumps(Reduce(os.system, shell(m)), protocol=2))
+        c.add(Case(path.name, path, BAD, DANGEROUS, "unrecognised format", ("posix.system",), m, live=live,
+                   scan_valid=True))  # fmt: skip
+    # A zip member whose flags claim encryption over a plain pickle. zipfile and torch 2.13's miniz both refuse it
+    # (measured: "unsupported encryption"; miniz ignores the other flag bits), so it is not live; a reader taking
+    # the bytes from the local header would run it, so scan reads it that way and calls it dangerous.
+    m = c.marker("encrypted_flag")
+    path = torch_zip(d / "encrypted_flag.pt", pickle.dumps({"evil": Reduce(os.system, shell(m))}, protocol=2))
+    patch_zip_entry(path, "archive/data.pkl", flag_bits=1)
+    c.add(Case(path.name, path, BAD, DANGEROUS, "encrypted", ("posix.system",), m))
+    m = c.marker("flag_bits")  # bits torch ignores (data descriptor, UTF-8 names): the pickle loads and runs
+    path = torch_zip(d / "flag_bits.pt", pickle.dumps({"evil": Reduce(os.system, shell(m))}, protocol=2))
+    patch_zip_entry(path, "archive/data.pkl", flag_bits=0x806)
+    c.add(Case(path.name, path, OK, DANGEROUS, dangerous=("posix.system",), marker=m, live="torch"))
+
+    # Names the established scanners block that paramctl once called unknown or inert.
+    m = c.marker("uuid_command")
+    payload = call(glob("uuid", "_get_command_stdout"), text("touch"), text(str(m)))
+    path = torch_zip(d / "uuid_command.pt", as_dict({"evil": payload}))
+    c.add(Case(path.name, path, OK, DANGEROUS, dangerous=("uuid._get_command_stdout",), marker=m, live="torch"))
+    for name, (module, attr) in {
+        "pip_main": ("pip", "main"),
+        "venv_create": ("venv", "create"),
+        "posixsubprocess": ("_posixsubprocess", "fork_exec"),
+        "operator_twin": ("_operator", "attrgetter"),
+        "read_pickle": ("pandas", "read_pickle"),
+        "joblib_load": ("joblib", "load"),
+        "collect_env": ("torch.utils.collect_env", "run"),
+    }.items():
+        path = torch_zip(d / f"{name}.pt", as_dict({"evil": call(glob(module, attr), text("x"))}))
+        c.add(Case(path.name, path, OK, DANGEROUS, dangerous=(f"{module}.{attr}",)))
+
+    # STACK_GLOBAL with a module name computed at load time (str('posix')): pickle imports and calls it.
+    m = c.marker("computed_name")
+    computed = b"\x80\x04" + call(glob("builtins", "str"), short_uni("posix")) + short_uni("system") + b"\x93"
+    path = torch_zip(d / "computed_name.pt", computed + tup(short_uni(shell(m))) + b"R.")
+    computed_global = ("<built on the stack>.computed name",)
+    c.add(Case(path.name, path, BAD, DANGEROUS, "built on the stack", computed_global, m, live="torch"))
+
+    # One placeholder called 100,000 times, memoizing every result: linear work, bounded names.
+    path = torch_zip(d / "placeholder_calls.pt", placeholder_calls(100_000))
+    c.add(Case(path.name, path, OK, OK, kind="valid"))
+
+
+def placeholder_calls(count: int) -> bytes:
+    """`GLOBAL foo bar`, then `EMPTY_TUPLE REDUCE MEMOIZE` `count` times: each call's result is called again."""
+    return b"\x80\x04" + glob("foo", "bar") + b"\x94" + b")R\x94" * count + b"."
+
+
 # -- proving the payloads are live -----------------------------------------------------------------------------------
 
 LIVE_SCRIPT = """
@@ -760,6 +881,23 @@ for how, path in {jobs!r}:
         elif how == "numpy":
             with np.load(path, allow_pickle=True) as archive:
                 [archive[key] for key in archive.files]
+        elif how == "pickle-file":  # the C unpickler reading a file, as torch.load reads a zip's data.pkl
+            with open(path, "rb") as f:
+                pickle.load(f)
+        elif how == "pickle-stream":  # a file object without peek (BytesIO, a socket): frames prefetched by read
+            import io
+            with open(path, "rb") as f:
+                pickle.load(io.BytesIO(f.read()))
+        elif how == "npy":
+            np.load(path, allow_pickle=True)
+        elif how == "zip-all":  # every member, whatever its name
+            import zipfile
+            with zipfile.ZipFile(path) as z:
+                for name in z.namelist():
+                    try:
+                        pickle.loads(z.read(name))
+                    except Exception:
+                        pass
         else:
             import zipfile
             with zipfile.ZipFile(path) as z:

@@ -29,11 +29,20 @@ def scan_command(
     ],
     format: FormatOption = None,
     json: JsonOption = False,
+    strict: Annotated[
+        bool,
+        typer.Option(
+            "--strict",
+            help="Exit 1 for any global outside torch's weights_only allowlist and paramctl's own inert types "
+            "(a gate for plain state dicts).",
+        ),
+    ] = False,
 ) -> None:
     """List every global the file's pickles reference, where, and how dangerous it is; what
     torch.load(weights_only=True) would refuse; and whether the file is well formed. Nothing is executed.
 
-    Exit 1 if anything dangerous is referenced, else 2 if the file is broken, else 0. Several files (as a
+    Exit 1 if anything dangerous is referenced (with --strict: anything outside torch's weights_only allowlist and
+    paramctl's inert types), else 2 if the file is broken, else 0. Several files (as a
     pre-commit hook passes them) are scanned one by one (JSON: {"files": [...]}), with the same rule over all."""
     from paramctl.ops.scan import scan
 
@@ -49,8 +58,8 @@ def scan_command(
             continue
         results.append(result)
         if not json:
-            _print_report(result)
-        dangerous = dangerous or bool(result.dangerous)
+            _print_report(result, strict)
+        dangerous = dangerous or bool(result.dangerous) or (strict and bool(result.strict_refused))
         if not result.valid:
             if len(paths) > 1 or not result.dangerous:  # one file: exit 1 says it all, as before
                 typer.echo(f"paramctl: {escape(result.file)}: {escape(result.problems[0])}", err=True)
@@ -75,10 +84,10 @@ def _where_text(finding: Finding) -> str:
     return "; ".join(shown) + (f"; and {more} more" if more > 0 else "")
 
 
-def _print_report(result: ScanResult) -> None:
+def _print_report(result: ScanResult, strict: bool = False) -> None:
     from rich.table import Table
 
-    from paramctl.ops.scan import BLOCKED, DANGEROUS, UNKNOWN, torch_name
+    from paramctl.pickles import BLOCKED, DANGEROUS, PSEUDO_MODULES, UNKNOWN, torch_name
 
     out = console()
     counts = ", ".join(f"{n} {cls}" for cls, n in reversed(result.counts().items()) if n) or "none"
@@ -119,14 +128,19 @@ def _print_report(result: ScanResult) -> None:
         out.print(text(f"note: {note}"))
     for problem in result.problems:
         out.print(text(f"problem: {problem}", "red"))
+    if strict and result.strict_refused:
+        names = ", ".join(result.strict_refused)
+        refused = f"STRICT: refused (outside the weights_only allowlist and paramctl's inert types): {names}"
+        out.print(text(refused, "bold red"))
     if result.dangerous:
-        names = ", ".join(dict.fromkeys(f.imports for f in result.dangerous))
-        out.print(
-            text(
-                f"DANGEROUS: loading this file with pickle or torch.load(weights_only=False) would call {names}",
-                "bold red",
-            )
-        )
+        called = [f for f in result.dangerous if f.module not in PSEUDO_MODULES]
+        if called:
+            names = ", ".join(dict.fromkeys(f.imports for f in called))
+            load = "loading this file with pickle or torch.load(weights_only=False)"
+            out.print(text(f"DANGEROUS: {load} would call {names}", "bold red"))
+        for finding in result.dangerous:
+            if finding.module in PSEUDO_MODULES:
+                out.print(text(f"DANGEROUS: {finding.reason}", "bold red"))
     elif any(f.cls == UNKNOWN for f in result.globals):
         out.print(text("unknown globals: loading imports and calls them; trust their packages before loading"))
     elif result.valid:

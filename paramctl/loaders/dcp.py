@@ -37,7 +37,7 @@ from paramctl import paths
 from paramctl.dtypes import DType
 from paramctl.errors import CorruptFileError, FileError
 from paramctl.loaders import pytorch, safetensors
-from paramctl.loaders.unpickler import (
+from paramctl.pickles import (
     INT64_MAX,
     Global,
     PickleError,

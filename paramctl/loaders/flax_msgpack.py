@@ -24,7 +24,7 @@ from typing import Any
 
 from paramctl import dtypes
 from paramctl.errors import CorruptFileError
-from paramctl.loaders.unpickler import short_repr
+from paramctl.pickles import short_repr
 from paramctl.probe import Probe
 from paramctl.tree import (
     MAX_DEPTH,

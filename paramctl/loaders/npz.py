@@ -15,7 +15,7 @@ from typing import Any, BinaryIO
 
 from paramctl import dtypes
 from paramctl.errors import CorruptFileError
-from paramctl.loaders.unpickler import INT64_MAX, PickleScan, scan_pickle, short_repr
+from paramctl.pickles import INT64_MAX, PickleScan, scan_pickle, short_repr
 from paramctl.probe import Probe
 from paramctl.tree import ByteRange, Opaque, Storage, Stream, Tensor, Tree, contiguous_strides, split_key
 

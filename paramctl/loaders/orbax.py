@@ -24,7 +24,7 @@ from typing import Any
 from paramctl import dtypes, paths
 from paramctl.dtypes import DType
 from paramctl.errors import CorruptFileError, FileError, UsageError
-from paramctl.loaders.unpickler import short_repr
+from paramctl.pickles import short_repr
 from paramctl.tree import (
     MAX_DEPTH,
     OpaqueObject,

@@ -15,8 +15,9 @@ import zipfile
 from typing import Any
 
 from paramctl.errors import CorruptFileError
-from paramctl.loaders.unpickler import (
+from paramctl.pickles import (
     INT64_MAX,
+    PagedBytes,
     PickleError,
     PickleScan,
     StorageRef,
@@ -86,7 +87,7 @@ def _zip_pickles(probe: Probe, require_data_pkl: bool = True, also: list[str] | 
 
 
 def _legacy_pickles(probe: Probe) -> list[PickleScan]:
-    data, position, scans = _PagedBytes(probe.source), 0, []
+    data, position, scans = PagedBytes(probe.source, _MAX_PICKLE), 0, []
     for role in LEGACY_PICKLES:
         scan = scan_pickle(data, role, position)
         scans.append(scan)
@@ -218,41 +219,11 @@ def _is_legacy(head: bytes) -> bool:
 
 
 def _no_persistent_ids(pid: Any) -> Any:
-    raise PickleError(f"unexpected persistent id {pid!r:.80}")
-
-
-class _PagedBytes:
-    """The file as a byte string the unpickler can index, read a block at a time: the legacy pickles sit in front
-    of the storages, and only the blocks they occupy are read."""
-
-    BLOCK = 1 << 14
-
-    def __init__(self, source: Any) -> None:
-        self.source = source
-        self.blocks: dict[int, bytes] = {}
-
-    def __len__(self) -> int:
-        return int(self.source.size)
-
-    def _block(self, index: int) -> bytes:
-        if index not in self.blocks:
-            start = index * self.BLOCK
-            self.blocks[index] = self.source.read(start, min(self.BLOCK, self.source.size - start))
-        return self.blocks[index]
-
-    def __getitem__(self, key: int | slice) -> Any:
-        if isinstance(key, int):
-            return self._block(key // self.BLOCK)[key % self.BLOCK]
-        start, stop = max(key.start or 0, 0), min(key.stop if key.stop is not None else len(self), len(self))
-        if stop <= start:
-            return b""
-        first, last = start // self.BLOCK, (stop - 1) // self.BLOCK
-        joined = b"".join(self._block(i) for i in range(first, last + 1))
-        return joined[start - first * self.BLOCK : stop - first * self.BLOCK]
+    raise PickleError(f"unexpected persistent id {short_repr(pid, 80)}")
 
 
 def _load_legacy(probe: Probe) -> Tree:
-    data = _PagedBytes(probe.source)
+    data = PagedBytes(probe.source, _MAX_PICKLE)
     position = 0
 
     def next_pickle(persistent_load: Any = _no_persistent_ids) -> Any:

@@ -12,7 +12,7 @@ from typing import Any
 
 from paramctl import dtypes
 from paramctl.errors import CorruptFileError
-from paramctl.loaders.unpickler import short_repr
+from paramctl.pickles import short_repr
 from paramctl.probe import Probe
 from paramctl.tree import ByteRange, Storage, Tensor, Tree, contiguous_strides, split_key
 

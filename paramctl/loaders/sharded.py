@@ -33,7 +33,7 @@ from typing import Any
 
 from paramctl import folders, paths
 from paramctl.errors import CorruptFileError, FileError
-from paramctl.loaders.unpickler import short_repr
+from paramctl.pickles import short_repr
 from paramctl.probe import Probe
 from paramctl.tree import Leaf, Path, Tensor, Tree, name_of
 

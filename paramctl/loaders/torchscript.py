@@ -38,7 +38,7 @@ from paramctl.loaders.pytorch import (
     _zip_pickles,
     note_unreferenced,
 )
-from paramctl.loaders.unpickler import (
+from paramctl.pickles import (
     INT64_MAX,
     Global,
     PickleError,

@@ -1,7 +1,7 @@
 """`scan`: every global a checkpoint's pickles reference, where it appears, and what loading it would do.
 
 A pickle names globals (a module and a name) and calls them; `pickle.load` and `torch.load(weights_only=False)`
-import and call whatever the file names. paramctl never does (see loaders/unpickler.py); `scan` says what the file
+import and call whatever the file names. paramctl never does (see paramctl/pickles); `scan` says what the file
 *would* make Python do, so a user can decide before loading it for real:
 
 - rebuilt: paramctl rebuilds it with its own code (tensor machinery, containers, numpy scalars);
@@ -19,383 +19,36 @@ which are scanned too).
 
 from __future__ import annotations
 
-import _compat_pickle
 import importlib
 import os
 import pathlib
+import zipfile
+import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from paramctl.errors import CorruptFileError, FileError, UnknownFormatError
-from paramctl.loaders.unpickler import GlobalRef, PickleScan, resolve_global, scan_pickle
+from paramctl.pickles import (
+    BLOCKED,
+    CLASSES,
+    DANGEROUS,
+    PSEUDO_MODULES,
+    REFUSED,
+    TORCH_WEIGHTS_ONLY_OPCODES,
+    GlobalRef,
+    PagedBytes,
+    PickleScan,
+    classify,
+    find_pickle,
+    python3_name,
+    scan_pickle,
+    strict_allowed,
+    torch_name,
+    torch_weights_only,
+)
+from paramctl.probe import Probe
 from paramctl.registry import BUILTIN_DIRECTORY_LOADERS, detect, load, probe_file
-
-REBUILT, INERT, UNKNOWN, DANGEROUS = "rebuilt", "inert", "unknown", "dangerous"
-CLASSES = (REBUILT, INERT, UNKNOWN, DANGEROUS)  # in increasing order of concern
-ALLOWED, REFUSED, BLOCKED = "allowed", "refused", "blocked"
-
-# -- dangerous -----------------------------------------------------------------------------------------------------
-# A whole module (every name in it, and below it) or one callable. Anchors: picklescan's and modelscan's unsafe
-# globals, plus what either misses that a pickle can reach (file writers, other deserialisers, code builders).
-_DANGEROUS_MODULES = {
-    "os": "operating-system calls (os.system, os.remove, os.exec*)",
-    "posix": "operating-system calls (the os module's C half)",
-    "nt": "operating-system calls (the os module's C half, Windows)",
-    "sys": "interpreter internals (sys.modules, sys.exit)",
-    "subprocess": "runs programs",
-    "pty": "runs programs in a pseudo-terminal",
-    "commands": "runs shell commands (Python 2)",
-    "popen2": "runs programs (Python 2)",
-    "runpy": "runs Python modules and files",
-    "code": "runs Python source",
-    "codeop": "compiles Python source",
-    "timeit": "runs Python source given as text",
-    "profile": "runs Python source given as text",
-    "cProfile": "runs Python source given as text",
-    "trace": "runs Python source",
-    "pdb": "runs Python source in the debugger",
-    "bdb": "runs Python source in the debugger",
-    "importlib": "imports any module by name",
-    "imp": "imports any module by name",
-    "_imp": "imports any module by name",
-    "pkgutil": "imports any module by name",
-    "zipimport": "imports code from zip files",
-    "pydoc": "imports any object by name (pydoc.locate)",
-    "marshal": "loads code objects",
-    "types": "builds functions and code objects",
-    "ctypes": "calls C functions and writes memory",
-    "_ctypes": "calls C functions and writes memory",
-    "pickle": "loads another pickle, without restrictions",
-    "_pickle": "loads another pickle, without restrictions",
-    "cPickle": "loads another pickle, without restrictions",
-    "shelve": "loads pickles from files",
-    "dill": "loads another pickle, without restrictions",
-    "cloudpickle": "loads another pickle, without restrictions",
-    "joblib": "loads pickles from files",
-    "socket": "opens network connections",
-    "_socket": "opens network connections",
-    "ssl": "opens network connections",
-    "asyncio": "runs programs and opens network connections",
-    "http": "opens network connections",
-    "httplib": "opens network connections (Python 2)",
-    "urllib": "fetches URLs",
-    "urllib2": "fetches URLs (Python 2)",
-    "urllib3": "fetches URLs",
-    "requests": "fetches URLs",
-    "aiohttp": "fetches URLs",
-    "ftplib": "opens network connections",
-    "smtplib": "sends mail",
-    "telnetlib": "opens network connections",
-    "xmlrpc": "calls remote procedures",
-    "webbrowser": "opens URLs in a browser",
-    "multiprocessing": "starts processes",
-    "signal": "sends and handles signals",
-    "shutil": "copies, moves and deletes files",
-    "tempfile": "creates files",
-    "zipfile": "writes and extracts archives",
-    "tarfile": "writes and extracts archives",
-    "sqlite3": "creates and writes database files",
-    "builtins.eval": "evaluates Python source",
-    "builtins.exec": "runs Python source",
-    "builtins.execfile": "runs a Python file",
-    "builtins.compile": "compiles Python source",
-    "builtins.open": "opens (and creates or truncates) files",
-    "builtins.file": "opens files (Python 2)",
-    "builtins.input": "reads the terminal",
-    "builtins.raw_input": "reads the terminal (Python 2)",
-    "builtins.getattr": "reaches any attribute: any method of any object",
-    "builtins.setattr": "changes any attribute",
-    "builtins.delattr": "deletes any attribute",
-    "builtins.__import__": "imports any module by name",
-    "builtins.globals": "reaches the interpreter's globals",
-    "builtins.locals": "reaches the interpreter's locals",
-    "builtins.vars": "reaches an object's namespace",
-    "builtins.breakpoint": "starts the debugger",
-    "builtins.exit": "exits the interpreter",
-    "builtins.quit": "exits the interpreter",
-    "builtins.apply": "calls any callable (Python 2)",
-    "builtins.reload": "re-imports modules (Python 2)",
-    "builtins.help": "starts the interactive help (imports modules)",
-    "builtins.__build_class__": "builds classes from code",
-    "io.open": "opens (and creates or truncates) files",
-    "io.open_code": "opens files",
-    "io.FileIO": "opens (and creates or truncates) files",
-    "_io.open": "opens (and creates or truncates) files",
-    "_io.open_code": "opens files",
-    "_io.FileIO": "opens (and creates or truncates) files",
-    "codecs.open": "opens files",
-    "fileinput": "opens files",
-    "functools.partial": "wraps another callable for a later call",
-    "functools.reduce": "calls another callable",
-    "operator.attrgetter": "reaches any attribute",
-    "operator.methodcaller": "calls any method",
-    "numpy.load": "loads .npy/.npz files, pickles included when allowed",
-    "numpy.lib.npyio": "loads and saves files",
-    "numpy.lib.format": "reads .npy files, pickles included when allowed",
-    "numpy.fromfile": "reads files",
-    "numpy.save": "writes files",
-    "numpy.savez": "writes files",
-    "numpy.savetxt": "writes files",
-    "numpy.memmap": "maps (and creates) files",
-    "numpy.ctypeslib": "loads shared libraries",
-    "numpy.f2py": "compiles and runs code",
-    "numpy.distutils": "compiles and runs code",
-    "numpy.testing._private.utils.runstring": "runs Python source",
-    "torch.load": "loads another pickle (weights_only=False by choice of the file)",
-    "torch.serialization.load": "loads another pickle",
-    "torch.serialization._legacy_load": "loads another pickle",
-    "torch.storage._load_from_bytes": "calls torch.load on bytes from the file (weights_only=False)",
-    "torch.jit": "loads and runs TorchScript",
-    "torch.hub": "downloads and runs code",
-    "torch.package": "loads and runs packaged code",
-    "torch.utils.cpp_extension": "compiles and loads native code",
-    "torch._inductor.codecache": "compiles and loads generated code",
-    "torch.fx.graph_module": "builds modules by running Python source (reduce_graph_module)",
-    "torch._C": "torch's C++ internals",
-    "torch.ops": "calls any registered operator",
-    "torch.library": "registers operators",
-    "torch.compile": "compiles and runs code",
-}
-# Attribute segments that reach another module or the interpreter: `posixpath.os.system` is os.system.
-_DANGEROUS_SEGMENTS = {m.split(".")[0] for m in _DANGEROUS_MODULES if "." not in m and m not in ("types", "code")}
-_DANGEROUS_SEGMENTS |= {"builtins", "__builtins__", "__builtin__", "modules"}
-_SAFE_DUNDERS = {"copyreg.__newobj__", "copyreg.__newobj_ex__"}
-
-# -- inert -----------------------------------------------------------------------------------------------------------
-# Data types: building one stores values and runs no code the file chooses. Exact names only.
-_INERT = {
-    "argparse.Namespace": "argparse options (a training script's arguments)",
-    "types.SimpleNamespace": "a namespace of values",
-    "pathlib.Path": "a path",
-    "pathlib.PosixPath": "a path",
-    "pathlib.WindowsPath": "a path",
-    "pathlib.PurePath": "a path",
-    "pathlib.PurePosixPath": "a path",
-    "pathlib.PureWindowsPath": "a path",
-    "collections.Counter": "a counter",
-    "collections.defaultdict": "a dict with a default factory",
-    "collections.deque": "a deque",
-    "datetime.datetime": "a date and time",
-    "datetime.date": "a date",
-    "datetime.time": "a time",
-    "datetime.timedelta": "a duration",
-    "datetime.timezone": "a time zone",
-    "decimal.Decimal": "a decimal number",
-    "fractions.Fraction": "a fraction",
-    "uuid.UUID": "a UUID",
-    "random.Random": "a random generator's state",
-    "builtins.object": "a plain object",
-    "builtins.int": "an int",
-    "builtins.float": "a float",
-    "builtins.str": "a str",
-    "builtins.bytes": "bytes",
-    "builtins.bool": "a bool",
-    "builtins.range": "a range",
-    "builtins.slice": "a slice",
-    "builtins.Ellipsis": "Ellipsis",
-    "builtins.NotImplemented": "NotImplemented",
-    "builtins.type": "a type object",
-    "builtins.print": "prints its arguments",
-    "copyreg._reconstructor": "pickle's machinery for classes pickled with protocols 0 and 1",
-    "copyreg.__newobj__": "pickle's machinery for new-style classes",
-    "copyreg.__newobj_ex__": "pickle's machinery for new-style classes",
-    "numpy.ndarray": "a numpy array",
-    "numpy.core.multiarray._reconstruct": "a numpy array",
-    "numpy.random._pickle.__randomstate_ctor": "a numpy random generator's state",
-    "numpy.random._pickle.__generator_ctor": "a numpy random generator's state",
-    "numpy.random._pickle.__bit_generator_ctor": "a numpy random generator's state",
-    "torch.nn.parameter.Parameter": "a parameter",
-    "torch.Tensor": "a tensor",
-    "torch.device": "a device name",
-    "torch.serialization._get_layout": "a tensor layout",
-    # A distributed checkpoint's `.metadata` (torch/distributed/checkpoint/metadata.py, filesystem.py): dataclasses
-    # rebuilt with __new__ and their state (TensorProperties' __setstate__ only maps a memory-format enum).
-    **{
-        f"torch.distributed.checkpoint.{name}": "distributed checkpoint metadata (a data class)"
-        for name in (
-            "metadata.Metadata",
-            "metadata.TensorStorageMetadata",
-            "metadata.BytesStorageMetadata",
-            "metadata.ChunkStorageMetadata",
-            "metadata.TensorProperties",
-            "metadata.MetadataIndex",
-            "metadata.StorageMeta",
-            "metadata._MEM_FORMAT_ENCODING",
-            "filesystem._StorageInfo",
-        )
-    },
-}
-_INERT_PREFIXES = {
-    "numpy.dtypes.": "a numpy dtype",
-    "torch.nn.modules.": "a torch module class: a whole model saved with torch.save(model)",
-}
-
-# -- torch.load(weights_only=True) -----------------------------------------------------------------------------------
-# torch 2.13's `_get_allowed_globals()` (torch/_weights_only_unpickler.py), verbatim; tests compare it with torch.
-TORCH_WEIGHTS_ONLY_ALLOWED = frozenset(
-    """
-    _codecs.encode builtins.bytearray builtins.complex builtins.set collections.Counter collections.OrderedDict
-    torch.BFloat16Storage torch.BFloat16Tensor torch.BoolStorage torch.BoolTensor torch.ByteStorage
-    torch.ByteTensor torch.CharStorage torch.CharTensor torch.ComplexDoubleStorage torch.ComplexFloatStorage
-    torch.DoubleStorage torch.DoubleTensor torch.FloatStorage torch.FloatTensor torch.HalfStorage
-    torch.HalfTensor torch.IntStorage torch.IntTensor torch.LongStorage torch.LongTensor torch.QInt32Storage
-    torch.QInt8Storage torch.QUInt2x4Storage torch.QUInt4x2Storage torch.QUInt8Storage torch.ShortStorage
-    torch.ShortTensor torch.Size torch.Tensor torch._tensor._rebuild_from_type_v2
-    torch._utils._rebuild_device_tensor_from_cpu_tensor torch._utils._rebuild_device_tensor_from_numpy
-    torch._utils._rebuild_meta_tensor_no_storage torch._utils._rebuild_nested_tensor
-    torch._utils._rebuild_parameter torch._utils._rebuild_parameter_with_state torch._utils._rebuild_qtensor
-    torch._utils._rebuild_sparse_tensor torch._utils._rebuild_tensor torch._utils._rebuild_tensor_v2
-    torch._utils._rebuild_tensor_v3 torch._utils._rebuild_wrapper_subclass torch.bfloat16 torch.bits16
-    torch.bits1x8 torch.bits2x4 torch.bits4x2 torch.bits8 torch.bool torch.complex128 torch.complex32
-    torch.complex64 torch.cuda.BFloat16Storage torch.cuda.BFloat16Tensor torch.cuda.BoolStorage
-    torch.cuda.BoolTensor torch.cuda.ByteStorage torch.cuda.ByteTensor torch.cuda.CharStorage
-    torch.cuda.CharTensor torch.cuda.ComplexDoubleStorage torch.cuda.ComplexFloatStorage
-    torch.cuda.DoubleStorage torch.cuda.DoubleTensor torch.cuda.FloatStorage torch.cuda.FloatTensor
-    torch.cuda.HalfStorage torch.cuda.HalfTensor torch.cuda.IntStorage torch.cuda.IntTensor
-    torch.cuda.LongStorage torch.cuda.LongTensor torch.cuda.ShortStorage torch.cuda.ShortTensor
-    torch.cuda.sparse.BFloat16Tensor torch.cuda.sparse.ByteTensor torch.cuda.sparse.CharTensor
-    torch.cuda.sparse.DoubleTensor torch.cuda.sparse.FloatTensor torch.cuda.sparse.HalfTensor
-    torch.cuda.sparse.IntTensor torch.cuda.sparse.LongTensor torch.cuda.sparse.ShortTensor torch.device
-    torch.float16 torch.float32 torch.float4_e2m1fn_x2 torch.float64 torch.float8_e4m3fn torch.float8_e4m3fnuz
-    torch.float8_e5m2 torch.float8_e5m2fnuz torch.float8_e8m0fnu torch.int1 torch.int16 torch.int2 torch.int3
-    torch.int32 torch.int4 torch.int5 torch.int6 torch.int64 torch.int7 torch.int8 torch.nn.parameter.Parameter
-    torch.per_channel_affine torch.per_channel_affine_float_qparams torch.per_channel_symmetric
-    torch.per_tensor_affine torch.per_tensor_symmetric torch.qint32 torch.qint8 torch.quint2x4 torch.quint4x2
-    torch.quint8 torch.serialization._get_layout torch.sparse.BFloat16Tensor torch.sparse.ByteTensor
-    torch.sparse.CharTensor torch.sparse.DoubleTensor torch.sparse.FloatTensor torch.sparse.HalfTensor
-    torch.sparse.IntTensor torch.sparse.LongTensor torch.sparse.ShortTensor torch.storage.TypedStorage
-    torch.storage.UntypedStorage torch.uint1 torch.uint16 torch.uint2 torch.uint3 torch.uint32 torch.uint4
-    torch.uint5 torch.uint6 torch.uint64 torch.uint7 torch.uint8
-    """.split()  # noqa: SIM905 (a word list reads better than one quoted name per line)
-)
-# Modules torch refuses even when a user allowlists a name in them (`_blocklisted_modules`).
-TORCH_WEIGHTS_ONLY_BLOCKED = frozenset({"sys", "os", "posix", "nt"})
-# The Python 2 renames torch applies before the allowlist check (torch._utils.IMPORT_MAPPING / NAME_MAPPING).
-_TORCH_IMPORT_MAPPING = {
-    "__builtin__": "builtins", "copy_reg": "copyreg", "Queue": "queue", "repr": "reprlib",
-    "_abcoll": "collections.abc", "UserDict": "collections", "UserList": "collections", "UserString": "collections",
-    "whichdb": "dbm", "StringIO": "io", "cStringIO": "io",
-}  # fmt: skip
-_TORCH_NAME_MAPPING = {
-    ("__builtin__", "xrange"): ("builtins", "range"), ("__builtin__", "reduce"): ("functools", "reduce"),
-    ("__builtin__", "intern"): ("sys", "intern"), ("__builtin__", "unichr"): ("builtins", "chr"),
-    ("__builtin__", "unicode"): ("builtins", "str"), ("__builtin__", "long"): ("builtins", "int"),
-    ("itertools", "izip"): ("builtins", "zip"), ("itertools", "imap"): ("builtins", "map"),
-    ("itertools", "ifilter"): ("builtins", "filter"), ("itertools", "ifilterfalse"): ("itertools", "filterfalse"),
-    ("itertools", "izip_longest"): ("itertools", "zip_longest"),
-    ("UserDict", "IterableUserDict"): ("collections", "UserDict"),
-    ("UserList", "UserList"): ("collections", "UserList"),
-    ("UserString", "UserString"): ("collections", "UserString"), ("__builtin__", "basestring"): ("builtins", "str"),
-    ("exceptions", "StandardError"): ("builtins", "Exception"), ("UserDict", "UserDict"): ("collections", "UserDict"),
-}  # fmt: skip
-# The opcodes torch's weights_only unpickler implements (its `load` loop); any other one fails the load.
-TORCH_WEIGHTS_ONLY_OPCODES = frozenset(
-    """
-    GLOBAL NEWOBJ REDUCE BUILD APPEND APPENDS SETITEM SETITEMS MARK TUPLE TUPLE1 TUPLE2 TUPLE3 NONE NEWFALSE
-    NEWTRUE EMPTY_TUPLE EMPTY_LIST EMPTY_DICT EMPTY_SET BININT BININT1 BININT2 BINFLOAT BINUNICODE
-    SHORT_BINSTRING BINPERSID BINGET LONG_BINGET BINPUT LONG_BINPUT LONG1 PROTO STOP
-    """.split()  # noqa: SIM905
-)
-
-
-def torch_weights_only(module: str, name: str) -> str:
-    """What torch.load(weights_only=True) does with this GLOBAL: allowed, refused (allowlist it with
-    `add_safe_globals` if trusted) or blocked (its module can never be allowlisted)."""
-    module, name = _torch_renamed(module, name)
-    if module in TORCH_WEIGHTS_ONLY_BLOCKED:
-        return BLOCKED
-    return ALLOWED if f"{module}.{name}" in TORCH_WEIGHTS_ONLY_ALLOWED else REFUSED
-
-
-def torch_name(module: str, name: str) -> str:
-    """The name torch's weights_only loader checks (and prints in its refusal): Python 2 names renamed first."""
-    return ".".join(_torch_renamed(module, name))
-
-
-def _torch_renamed(module: str, name: str) -> tuple[str, str]:
-    if (module, name) in _TORCH_NAME_MAPPING:
-        return _TORCH_NAME_MAPPING[module, name]
-    return _TORCH_IMPORT_MAPPING.get(module, module), name
-
-
-def classify(module: str, name: str) -> tuple[str, str]:
-    """(class, reason) for a global, by its name only: the name Python 3 would import (pickle renames Python 2
-    names for protocols 0-2), or the name as written when that one is known to be dangerous."""
-    if module == "<extension registry>":
-        return DANGEROUS, "named by an extension code: what it calls is decided by the loading process, not the file"
-    written = _classify_path(module, name)
-    renamed = _python3(module, name)
-    if renamed == (module, name):
-        return written
-    # Python 3 imports the renamed global (a written Python 2 name would not even import): judge that one,
-    # unless the written name is itself a known danger.
-    return written if written[0] == DANGEROUS else _classify_path(*renamed)
-
-
-def python3_name(module: str, name: str) -> str:
-    """What Python 3's unpickler imports for a Python 2 name (protocols 0-2 write `__builtin__.exec`, and
-    `commands.Popen` for subprocess.Popen): _compat_pickle's mapping, as pickle applies it."""
-    return ".".join(_python3(module, name))
-
-
-def _python3(module: str, name: str) -> tuple[str, str]:
-    if (module, name) in _compat_pickle.NAME_MAPPING:
-        return _compat_pickle.NAME_MAPPING[module, name]  # type: ignore[no-any-return]
-    return _compat_pickle.IMPORT_MAPPING.get(module, module), name
-
-
-# TorchScript's container tags (torch/jit/_pickle.py): each returns its argument, so an archive with a list or dict
-# attribute is not dangerous for naming them, although the rest of torch.jit loads and runs code.
-_TORCHSCRIPT_TAGS = {
-    f"torch.jit._pickle.{tag}"
-    for tag in ("build_intlist", "build_tensorlist", "build_doublelist", "build_boollist", "restore_type_tag")
-}
-
-
-def _classify_path(module: str, name: str) -> tuple[str, str]:
-    full = f"{module}.{name}"
-    if full in _TORCHSCRIPT_TAGS:
-        return INERT, "a TorchScript container tag: returns its argument"
-    segments = full.split(".")
-    # Longest dangerous prefix first: `torch.serialization.load`, `os`, `builtins.eval`.
-    for end in range(len(segments), 0, -1):
-        reason = _DANGEROUS_MODULES.get(".".join(segments[:end]))
-        if reason is not None:
-            return DANGEROUS, reason
-    attributes = name.split(".")
-    if len(attributes) > 1:  # protocol 4 resolves dotted names attribute by attribute
-        for segment in attributes:
-            if segment in _DANGEROUS_SEGMENTS:
-                return DANGEROUS, f"reaches {segment!r} through an attribute chain"
-        for end in range(len(segments) - 1, len(module.split(".")), -1):
-            prefix = ".".join(segments[:end])
-            if prefix in _INERT or _rebuilt(*prefix.rsplit(".", 1)):
-                return DANGEROUS, f"an attribute of {prefix}: a method the pickle can call on anything"
-    if any(s.startswith("__") and s.endswith("__") for s in attributes) and full not in _SAFE_DUNDERS:
-        return DANGEROUS, "a dunder attribute: reaches interpreter internals"
-    if _rebuilt(module, name):
-        return REBUILT, _rebuilt_reason(module, name)
-    if full in _INERT:
-        return INERT, _INERT[full]
-    for prefix, reason in _INERT_PREFIXES.items():
-        if full.startswith(prefix):
-            return INERT, reason
-    if full in TORCH_WEIGHTS_ONLY_ALLOWED:
-        return INERT, "allowlisted by torch's weights_only loader; shown as a placeholder"
-    return UNKNOWN, "not recognised: loading imports its module and calls it"
-
-
-def _rebuilt(module: str, name: str) -> bool:
-    return not hasattr(resolve_global(module, name), "qualname")  # a Global marker has a qualname
-
-
-def _rebuilt_reason(module: str, name: str) -> str:
-    if module.startswith("torch"):
-        return "tensor machinery, rebuilt by paramctl"
-    if module.startswith("numpy"):
-        return "a numpy value, decoded by paramctl"
-    return "a container or value, rebuilt by paramctl"
-
 
 # -- the result ------------------------------------------------------------------------------------------------------
 
@@ -489,6 +142,12 @@ class ScanResult:
         refused = {torch_name(f.module, f.name) for f in self.globals if f.weights_only in (REFUSED, BLOCKED)}
         return sorted(refused)
 
+    @property
+    def strict_refused(self) -> list[str]:
+        """What `scan --strict` refuses: every global outside torch's weights_only allowlist and paramctl's own
+        rebuilt and inert types."""
+        return sorted({f.qualname for f in self.globals if not strict_allowed(f.module, f.name)})
+
     def counts(self) -> dict[str, int]:
         return {cls: sum(f.cls == cls for f in self.globals) for cls in CLASSES}
 
@@ -506,6 +165,7 @@ class ScanResult:
             "weights_only_unsupported_opcodes": self.weights_only_unsupported_opcodes,
             "pickles": [p.as_json() for p in self.pickles],
             "notes": self.notes,
+            "strict_refused": self.strict_refused,
         }
 
 
@@ -523,9 +183,10 @@ def scan(path: str, format: str | None = None) -> ScanResult:
     try:
         loader = detect(probe, format)
     except UnknownFormatError:
-        if not _looks_like_pickle(probe.head):
+        found = _any_pickles(probe)
+        if found is None:
             raise
-        return _bare_pickle(probe)
+        return found
     result = ScanResult(probe.name, loader.name)
     try:
         tree = load(probe, loader)  # validated as `open` validates: a bad layout is a problem scan reports
@@ -546,6 +207,8 @@ def scan(path: str, format: str | None = None) -> ScanResult:
         except CorruptFileError as error:
             if error.problem not in result.problems:
                 result.problems.append(error.problem)
+    if probe.is_zip:
+        scans = _other_zip_pickles(probe, scans, skip=_loader_records)
     is_torch = loader.name == "torch" or result.format == "torchscript"  # torch.load hands TorchScript to torch.jit
     _collect(result, scans, torch=is_torch)
     if is_torch:
@@ -560,8 +223,7 @@ def scan(path: str, format: str | None = None) -> ScanResult:
 
 def _scan_directory(path: pathlib.Path, format: str | None) -> ScanResult:
     """A checkpoint folder whose loader lists the pickles torch would load from it (`pickles_directory`, with
-    `scan_notes` on how torch loads each): a DCP folder's `.metadata` and the records inside its rank files.
-    Added for distributed checkpoints (issue 12)."""
+    `scan_notes` on how torch loads each): a DCP folder's `.metadata` and the records inside its rank files."""
     for name, module in BUILTIN_DIRECTORY_LOADERS.items():
         loader = importlib.import_module(module).LOADER
         if format in (None, name) and loader.sniff_directory(path):
@@ -601,7 +263,9 @@ def _collect(result: ScanResult, scans: list[PickleScan], torch: bool) -> None:
             finding = by_name.get((ref.module, ref.name))
             if finding is None:
                 cls, reason = classify(ref.module, ref.name)
-                weights_only = torch_weights_only(ref.module, ref.name) if torch else None
+                # a pseudo-global is no GLOBAL torch checks: its opcodes are in weights_only_unsupported_opcodes
+                named = torch and ref.module not in PSEUDO_MODULES
+                weights_only = torch_weights_only(ref.module, ref.name) if named else None
                 finding = by_name[ref.module, ref.name] = Finding(ref.module, ref.name, cls, reason, weights_only)
                 result.globals.append(finding)
             finding.where.append(_where(scan_, ref, index))
@@ -623,26 +287,137 @@ def _zip_notes(result: ScanResult, names: list[str], scans: list[PickleScan]) ->
         )
 
 
-def _looks_like_pickle(head: bytes) -> bool:
-    """A bare pickle: a protocol 2+ header, or a protocol 0/1 pickle opening with MARK, GLOBAL or an empty list
-    or dict. torch.load treats any non-zip file as the legacy format and unpickles it before checking it."""
-    return (head[:1] == b"\x80" and head[1:2] != b"" and head[1] <= 5) or head[:1] in (b"(", b"c", b"]", b"}")
+# -- pickles outside the checkpoint formats ------------------------------------------------------------------------
+
+_MEMBER_PEEK = 4096  # bytes of a zip member read to tell whether it is a pickle
+_MAX_MEMBER_PICKLE = 1 << 26  # an extra member read whole to scan it; beyond this it is reported, not read
+_NPY_MAGIC = b"\x93NUMPY"
 
 
-def _bare_pickle(probe: Any) -> ScanResult:
-    from paramctl.loaders.pytorch import _PagedBytes
-
-    data, position, scans = _PagedBytes(probe.source), 0, []
+def _any_pickles(probe: Probe) -> ScanResult | None:
+    """A file no loader claims, scanned as any pickle loader would read it: a bare pickle (any protocol, with or
+    without PROTO, whatever the name), a lone .npy object array, or a zip of pickles under any names; None when
+    nothing in it is a pickle."""
+    if probe.is_zip:
+        result = ScanResult(probe.name, "zip")
+        scans = _other_zip_pickles(probe, [])
+        if not scans:
+            return None
+        _collect(result, scans, torch=False)
+        return result
+    start = 0
+    if probe.head.startswith(_NPY_MAGIC):  # magic, version, header length (<H in 1.0, <I after), header
+        major = probe.head[6:7]
+        width = 2 if major == b"\x01" else 4
+        start = 8 + width + int.from_bytes(probe.head[8 : 8 + width], "little")
+        if start >= probe.source.size:
+            return None
+    data, position, scans = PagedBytes(probe.source), start, []
     while position < probe.source.size and len(scans) < _MAX_BARE_PICKLES:
-        scan_ = scan_pickle(data, f"pickle {len(scans) + 1}", position)
-        scans.append(scan_)
-        if scan_.end is None:
+        record = "object array" if start else f"pickle {len(scans) + 1}"
+        found = find_pickle(data, record, position)
+        if found is None:
             break
-        position = scan_.end
-    result = ScanResult(probe.name, "pickle")
-    result.problems.append("not a checkpoint paramctl reads: a bare pickle (torch.load would unpickle it, then fail)")
-    _collect(result, scans, torch=True)
-    result.weights_only_unsupported_opcodes = sorted(
-        {op for s in scans for op in s.opcodes} - TORCH_WEIGHTS_ONLY_OPCODES
-    )
+        scans.append(found)
+        if found.end is None:
+            break
+        position = found.end
+    if not scans:
+        return None
+    result = ScanResult(probe.name, "npy" if start else "pickle")
+    _collect(result, scans, torch=not start)  # torch.load unpickles any non-zip file before checking it
+    if position < probe.source.size and scans[-1].end is not None:
+        result.notes.append(f"{probe.source.size - position:,} bytes after the last pickle are not a pickle")
+    if not start:
+        result.weights_only_unsupported_opcodes = sorted(
+            {op for s in scans for op in s.opcodes} - TORCH_WEIGHTS_ONLY_OPCODES
+        )
     return result
+
+
+def _loader_records(name: str) -> bool:
+    """Members a checkpoint loader reads as data, never as a pickle: torch's storage records (`<archive>/data/<key>`)
+    and npz arrays (the npz loader scans object arrays itself). Reading them would fetch every tensor of a remote
+    checkpoint to find nothing."""
+    parts = name.split("/")
+    return (2 <= len(parts) <= 3 and parts[-2] == "data") or name.endswith(".npy")
+
+
+def _other_zip_pickles(
+    probe: Probe, scans: list[PickleScan], skip: Callable[[str], bool] = lambda name: False
+) -> list[PickleScan]:
+    """`scans` plus every other member of the zip that is a pickle, whatever its name (but those `skip` says a
+    loader reads as data); a member a loader could not read (its flags claim encryption) is read again here from its
+    local header. Members that parse as a pickle but name no global are left out unless named `.pkl`."""
+    assert probe.zip is not None
+    done = {s.record for s in scans if s.error is None or s.globals}
+    records = {s.record for s in scans}
+    found = [s for s in scans if s.record in done]
+    for info in probe.zip.infolist():
+        if info.is_dir() or info.filename in done or (skip(info.filename) and info.filename not in records):
+            continue
+        previous = next((s for s in scans if s.record == info.filename), None)
+        try:
+            scan_ = _member_pickle(probe, info)
+        except CorruptFileError as error:
+            if previous is not None:  # the loader's own failure stands
+                found.append(previous)
+            elif info.filename.endswith((".pkl", ".pickle")):
+                found.append(PickleScan(info.filename, 0, None, None, [], {}, set(), error.problem))
+            continue
+        if scan_ is not None and (scan_.globals or previous is not None or info.filename.endswith(".pkl")):
+            found.append(scan_)
+        elif previous is not None:
+            found.append(previous)
+    if scans:  # the pickle torch reads stays first
+        found.sort(key=lambda s: s.record != scans[0].record)
+    return found
+
+
+def _member_pickle(probe: Probe, info: zipfile.ZipInfo) -> PickleScan | None:
+    """A member scanned as a pickle if its first bytes start one (then read whole, within a bound)."""
+    head = _member_bytes(probe, info, _MEMBER_PEEK)
+    scan_ = find_pickle(head, info.filename)
+    truncated = scan_ is None and len(head) < info.file_size and _truncated(head)
+    if scan_ is None and not truncated:
+        return None
+    if info.file_size > len(head):
+        if info.file_size > _MAX_MEMBER_PICKLE:
+            raise CorruptFileError(
+                probe.name, f"zip member {info.filename!r} starts a pickle of {info.file_size:,} bytes: too large"
+            )
+        scan_ = find_pickle(_member_bytes(probe, info, info.file_size), info.filename)
+    return scan_
+
+
+def _truncated(head: bytes) -> bool:
+    """Whether the opcodes in `head` are valid as far as they go (the pickle may go on past it)."""
+    error = scan_pickle(head, "").error
+    return error is not None and error.startswith("pickle truncated")
+
+
+def _member_bytes(probe: Probe, info: zipfile.ZipInfo, size: int) -> bytes:
+    """The first `size` bytes of a member, read from its local header: stored or deflated, whatever its flag bits
+    say (zipfile refuses a member flagged as encrypted; torch's reader ignores the flag)."""
+    if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+        raise CorruptFileError(probe.name, f"zip member {info.filename!r}: compression {info.compress_type}")
+    offset = probe.member_data_offset(info)
+    size = min(size, info.file_size)
+    if info.compress_type == zipfile.ZIP_STORED:
+        return probe.source.read(offset, min(size, info.compress_size))
+    inflater, out, position = zlib.decompressobj(-15), [], offset
+    end, produced = offset + info.compress_size, 0
+    try:
+        while produced < size and position < end and not inflater.eof:
+            chunk = probe.source.read(position, min(1 << 16, end - position))
+            position += len(chunk)
+            piece = inflater.decompress(chunk, size - produced)
+            out.append(piece)
+            produced += len(piece)
+            while inflater.unconsumed_tail and produced < size:  # deflate's bounded output: drain what is left
+                piece = inflater.decompress(inflater.unconsumed_tail, size - produced)
+                out.append(piece)
+                produced += len(piece)
+    except zlib.error as error:
+        raise CorruptFileError(probe.name, f"zip member {info.filename!r}: {error}") from None
+    return b"".join(out)

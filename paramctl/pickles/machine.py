@@ -1,4 +1,4 @@
-"""A restricted pickle reader: it rebuilds tensors and plain containers and never runs anything from the file.
+"""The restricted pickle machine: it rebuilds tensors and plain containers and never runs anything from the file.
 
 This is a small pickle virtual machine (protocols 0-5), not `pickle.Unpickler`: no global named by the file is ever
 imported or called. A few globals are recognised and rebuilt by paramctl's own code (torch's tensor rebuild
@@ -7,8 +7,12 @@ that records its name and whatever the pickle puts inside it, so the tensors and
 memo is a dict and every length is checked against the bytes present, so a lying pickle cannot make it allocate.
 
 Every global the pickle names is recorded with its opcode and byte offset (`globals_seen`), whichever opcode names
-it (GLOBAL, STACK_GLOBAL, INST, EXT1/2/4); `scan_pickle` runs the same machine without rebuilding anything, so a
-file whose tensors are broken can still be scanned, and says where each global ends up in the object.
+it (GLOBAL, STACK_GLOBAL, INST, EXT1/2/4); `walk.scan_pickle` runs the same machine without rebuilding anything,
+so a file whose tensors are broken can still be scanned, and says where each global ends up in the object.
+
+Protocol 4 frames are enforced as pickle.py enforces them (no read across a frame's end, no frame inside another's
+unread bytes, none past the end): the C unpickler reading a file does not, and would run other opcodes than the
+ones read here. Placeholder names and reprs are bounded, so work stays linear in the pickle's size.
 """
 
 from __future__ import annotations
@@ -24,13 +28,23 @@ from typing import Any
 
 from paramctl import dtypes
 from paramctl.dtypes import DType
-from paramctl.tree import MAX_DEPTH, OpaqueObject, Storage, Tensor, name_of, split_key
+from paramctl.tree import MAX_DEPTH, OpaqueObject, Storage, Tensor, split_key
 
 INT64_MAX = (1 << 63) - 1  # torch sizes, strides and offsets are int64: anything larger is a lie
 
 
 class PickleError(Exception):
     """The pickle breaks the format or hands a rebuild function bad arguments."""
+
+
+FRAME_VIOLATION = "frame boundary violation: a C unpickler may execute hidden opcodes"
+
+
+class FrameViolation(PickleError):
+    """A read crosses the end of a protocol 4 frame, a frame opens inside another's unread bytes, or a frame runs
+    past the pickle. pickle.py refuses these; the C unpickler reading a file does not: it serves reads from the
+    frame it prefetched and, for a read that would cross its end, discards the frame's rest and reads on from the
+    file, so the bytes it executes are not the ones a reader of the flat byte string sees."""
 
 
 @dataclass(frozen=True)
@@ -60,17 +74,37 @@ class GlobalRef:
         return f"{self.module}.{self.name}"
 
 
+_MAX_SHOWN_NAME = 200  # characters of a global's name shown in a placeholder; scan keeps the whole name
+_MAX_SHOWN_CALLS = 3  # `f(…)(…)(…)`: beyond that, the count
+
+
+def _shown(origin: str, calls: int) -> str:
+    """A placeholder's name: the global, cut, and how often its result was called again. Bounded whatever the
+    pickle does: a name grown by one `(…)` per call would make a pickle calling a result 100,000 times cost
+    quadratic memory and time."""
+    if len(origin) > _MAX_SHOWN_NAME:
+        origin = origin[: _MAX_SHOWN_NAME - 1] + "…"
+    if calls <= _MAX_SHOWN_CALLS:
+        return origin + "(…)" * calls
+    return f"{origin}(…)×{calls}"
+
+
 class Built(OpaqueObject):
     """An object a pickle built by calling or instantiating a global paramctl does not rebuild (a placeholder);
-    `refs` index `globals_seen`, so `scan` can say where in the object each global ends up."""
+    `refs` index `globals_seen`, so `scan` can say where in the object each global ends up. `origin` is the
+    global's name and `calls` how many calls deep the object is (a class a call returned, called again...)."""
 
-    def __init__(self, global_name: str, contents: Any = None, refs: tuple[int, ...] = (), note: str | None = None):
-        super().__init__(global_name, contents, note)
+    def __init__(
+        self, origin: str, contents: Any = None, refs: tuple[int, ...] = (), note: str | None = None, calls: int = 0
+    ):
+        super().__init__(_shown(origin, calls), contents, note)
+        self.origin = origin
+        self.calls = calls
         self.refs = refs
         self.state: Any = None  # in a scan: a BUILD state that came after the contents
 
     def __repr__(self) -> str:  # error messages name what the pickle built, never a memory address
-        return f"<{self.global_name}(…)>"
+        return f"<{_shown(self.origin, self.calls + 1)}>"
 
 
 _SHORT = reprlib.Repr()
@@ -325,9 +359,16 @@ def resolve_global(module: str, name: str) -> Any:
     return Global(module, name)
 
 
+# Pseudo-modules in `globals_seen` for what a pickle does that no global's name says: classed dangerous.
+COMPUTED_MODULE = "<built on the stack>"
+COMPUTED_NAME = "computed name"
+FRAME_MODULE = "<frame>"
+FRAME_VIOLATION_NAME = "boundary violation"
+EXTENSION_MODULE = "<extension registry>"
+
 _MARK = object()
 _STRUCTS = {fmt: struct.Struct(fmt) for fmt in ("<B", "<H", "<i", "<I", "<Q", ">d")}
-_OPCODE_NAMES = {ord(op.code): op.name for op in pickletools.opcodes}
+OPCODE_NAMES = {ord(op.code): op.name for op in pickletools.opcodes}
 
 
 class Unpickler:
@@ -356,11 +397,24 @@ class Unpickler:
         self.globals_seen: list[GlobalRef] = []
         self.opcodes_seen: set[int] = set()
         self.protocol: int | None = None
+        self.frame_end = -1  # end of the current protocol 4 frame (reads may not cross it); -1: none yet
 
     # -- reading bytes -------------------------------------------------------------------------------------
+    def _frame_violation(self, what: str) -> FrameViolation:
+        opcode = OPCODE_NAMES[self.data[self.op_pos]]
+        self.globals_seen.append(GlobalRef(FRAME_MODULE, FRAME_VIOLATION_NAME, self.op_pos, opcode))
+        return FrameViolation(f"{FRAME_VIOLATION} ({what}, opcode at byte {self.op_pos})")
+
+    def _check_frame(self, end: int) -> None:
+        """A read from `self.pos` to `end` must stay inside the current frame or start at or after its end (one
+        read is one `_Unframer.read`: a read ending exactly at the frame's end is fine, as pickle.py has it)."""
+        if self.pos < self.frame_end < end:
+            raise self._frame_violation(f"a read of {end - self.pos} bytes crosses the frame's end at {self.frame_end}")
+
     def _take(self, n: int) -> bytes:
         if n < 0 or self.pos + n > len(self.data):
             raise PickleError(f"pickle truncated: needs {n} bytes at {self.pos}, {len(self.data) - self.pos} left")
+        self._check_frame(self.pos + n)
         chunk = bytes(self.data[self.pos : self.pos + n])
         self.pos += n
         return chunk
@@ -373,6 +427,7 @@ class Unpickler:
             window = bytes(self.data[self.pos : self.pos + size])
             end = window.find(b"\n")
             if end >= 0:
+                self._check_frame(self.pos + end + 1)
                 self.pos += end + 1
                 return window[:end]
             if self.pos + size >= len(self.data):
@@ -384,6 +439,8 @@ class Unpickler:
         start, end = self.pos, self.pos + layout.size
         if end > len(self.data):
             raise PickleError(f"pickle truncated: needs {layout.size} bytes at {start}, {len(self.data) - start} left")
+        if start < self.frame_end < end:
+            self._check_frame(end)
         self.pos = end
         return layout.unpack(self.data[start:end])[0]
 
@@ -541,7 +598,11 @@ class Unpickler:
     def _stack_global(self) -> None:
         name, module = self._pop(), self._pop()
         if not isinstance(module, str) or not isinstance(name, str):
-            raise PickleError("STACK_GLOBAL with non-string module or name")
+            # A name computed by the pickle itself (a call's result here, a string at load time): what it imports
+            # is decided when it runs, so a scan must count the obfuscation itself as dangerous.
+            shown = f"{short_repr(module, 60)} . {short_repr(name, 60)}"
+            self.globals_seen.append(GlobalRef(COMPUTED_MODULE, COMPUTED_NAME, self.op_pos, "STACK_GLOBAL"))
+            raise PickleError(f"STACK_GLOBAL with a module or name built on the stack ({shown}): an obfuscation")
         self._push(self._resolve(module, name, "STACK_GLOBAL"))
 
     def _resolve(self, module: str, name: str, opcode: str) -> Any:
@@ -554,7 +615,7 @@ class Unpickler:
 
     def _ext(self, code: int, opcode: str) -> None:
         """EXT1/2/4 name a global through copyreg's extension registry, which only the loading process knows."""
-        self._push(self._resolve("<extension registry>", str(code), opcode))
+        self._push(self._resolve(EXTENSION_MODULE, str(code), opcode))
 
     def _reduce(self) -> None:
         args, func = self._pop(), self._pop()
@@ -577,7 +638,7 @@ class Unpickler:
                 return Built(func.qualname, None, (func.ref,), note)
             return Built(func.qualname, args or None, (func.ref,))
         if isinstance(func, OpaqueObject):
-            return Built(func.global_name + "(…)", args or None, getattr(func, "refs", ()))
+            return _called(func, args)
         raise PickleError(f"pickle calls a {type(func).__name__}, which is not callable")
 
     def _newobj(self) -> None:
@@ -594,7 +655,7 @@ class Unpickler:
         if isinstance(cls, Global):
             return Built(cls.qualname, args or None, (cls.ref,))
         if isinstance(cls, OpaqueObject) and not self.rebuild:  # a class made by a call: still only a record
-            return Built(cls.global_name + "(…)", args or None, getattr(cls, "refs", ()))
+            return _called(cls, args)
         raise PickleError(f"pickle instantiates a {type(cls).__name__}, which is not a class")
 
     def _inst(self) -> None:
@@ -631,14 +692,24 @@ class Unpickler:
 
     def _frame(self) -> None:
         size = self._unpack("<Q")
+        if self.pos < self.frame_end:  # pickle.py: "beginning of a new frame before end of current frame"
+            raise self._frame_violation(f"a frame opens with {self.frame_end - self.pos} bytes of the last one unread")
         if self.pos + size > len(self.data):
-            raise PickleError(f"pickle frame of {size} bytes runs past the end")
+            raise self._frame_violation(f"a frame of {size} bytes runs past the pickle's end")
+        self.frame_end = self.pos + size
 
     def _proto(self) -> None:
         protocol = self._unpack("<B")
         if protocol > 5:  # as pickle itself refuses: nothing after this would be read
             raise PickleError(f"unsupported pickle protocol {protocol}")
         self.protocol = protocol
+
+
+def _called(func: OpaqueObject, args: Any) -> Built:
+    """What calling a placeholder builds: one more call on the same global (a constant-size record)."""
+    origin = func.origin if isinstance(func, Built) else func.global_name
+    calls = func.calls + 1 if isinstance(func, Built) else 1
+    return Built(origin, args or None, getattr(func, "refs", ()), calls=calls)
 
 
 _KEY_BUDGET = 1000  # elements of a tuple key hashed as-is; beyond, its short repr stands in
@@ -791,78 +862,6 @@ _DISPATCH: dict[int, Callable[[Unpickler], None]] = {
 }
 
 
-# -- scanning ----------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class PickleScan:
-    """What one pickle references, read without rebuilding anything."""
-
-    record: str  # the zip member, or the legacy pickle's role
-    start: int  # byte offset of the pickle inside the record (or file)
-    end: int | None  # after its STOP opcode; None when the pickle is broken
-    protocol: int | None
-    globals: list[GlobalRef]
-    paths: dict[int, str]  # index into `globals` -> name of the object it ends up in ("" for the root)
-    opcodes: set[str]  # names of every opcode used (pickletools' names)
-    error: str | None = None
-
-
-def scan_pickle(data: Any, record: str, start: int = 0) -> PickleScan:
-    """Run the pickle machine over one pickle without rebuilding anything and record what it references. A broken
-    pickle still reports every global named before the point where it breaks: the real unpickler would have
-    imported and called those before failing too."""
-    unpickler = Unpickler(data, lambda pid: Built("<persistent id>", pid), start, rebuild=False)
-    obj, error = None, None
-    try:
-        obj = unpickler.load()
-    except PickleError as problem:
-        error = str(problem)
-    return PickleScan(
-        record,
-        start,
-        unpickler.end if error is None else None,
-        unpickler.protocol,
-        unpickler.globals_seen,
-        reference_paths(obj) if error is None else {},
-        {_OPCODE_NAMES[op] for op in unpickler.opcodes_seen},
-        error,
-    )
-
-
-def reference_paths(obj: Any) -> dict[int, str]:
-    """For each global reference (by index), the name of the first place in `obj` holding what it built, named
-    as `flatten` names leaves: a placeholder's own name, which its call arguments share (the storage class in a
-    tensor's persistent id is "in" that tensor). Each object is visited once, so shared references cost nothing."""
-    paths: dict[int, str] = {}
-    seen: set[int] = set()
-    pending: list[tuple[Any, tuple[str, ...]]] = [(obj, ())]
-    while pending:
-        item, path = pending.pop()
-        refs = item.refs if isinstance(item, Built) else (item.ref,) if isinstance(item, Global) else ()
-        for ref in refs:
-            paths.setdefault(ref, name_of(path))
-        if not isinstance(item, (dict, list, tuple, set, frozenset, OpaqueObject)) or id(item) in seen:
-            continue
-        seen.add(id(item))
-        if len(path) > MAX_DEPTH:
-            continue
-        children: list[tuple[Any, tuple[str, ...]]] = []
-        if isinstance(item, OpaqueObject):
-            arguments = isinstance(item.contents, (list, tuple))
-            children += [(arg, path) for arg in item.contents] if arguments else [(item.contents, path)]
-            children.append((getattr(item, "state", None), path))
-        elif isinstance(item, dict):
-            for key, value in item.items():
-                children += [(key, path), (value, path + split_key(key))]
-        elif isinstance(item, (list, tuple)):
-            children += [(value, (*path, str(index))) for index, value in enumerate(item)]
-        else:
-            children += [(member, path) for member in item]
-        pending.extend(reversed(children))  # depth first, in file order: the first place wins
-    return paths
-
-
 # -- expansion -----------------------------------------------------------------------------------------------------
 
 _SCALARS = (int, float, str, bool, bytes, complex, type(None))
@@ -886,7 +885,7 @@ def expansion_problem(obj: Any, pickle_size: int) -> str | None:
     def plain(item: Any, depth: int) -> tuple[bool, int]:
         """tree._is_plain's answer and its cost (elements it looks at), memoized per object and depth."""
         if isinstance(item, _SCALARS):
-            return True, 1
+            return True, _scalar_cost(item)
         if not (isinstance(item, (list, tuple, set, frozenset)) and depth < 3):
             return False, 1
         key = (id(item), depth)
@@ -908,7 +907,7 @@ def expansion_problem(obj: Any, pickle_size: int) -> str | None:
         if isinstance(item, (set, frozenset)):
             return 1 + sum(_nodes(member) for member in item)
         if not isinstance(item, (list, tuple)) or depth > 4:
-            return 1
+            return _scalar_cost(item)
         if id(item) not in size_memo:
             size_memo[id(item)] = 1 + sum(unrolled(member, depth + 1) for member in item)
         return size_memo[id(item)]
@@ -942,10 +941,15 @@ def expansion_problem(obj: Any, pickle_size: int) -> str | None:
                 raise _TooLarge
     except _TooLarge:
         return (
-            f"the pickle's shared references expand to more than {budget:,} elements "
+            f"the pickle's shared references expand to more than {budget:,} elements or string bytes "
             f"(from {pickle_size:,} bytes): refusing to walk it"
         )
     return None
+
+
+def _scalar_cost(item: Any) -> int:
+    """A string's bytes count: one memoized megabyte string referenced a million times is a terabyte to render."""
+    return 1 + len(item) if isinstance(item, (str, bytes)) else 1
 
 
 def _nodes(item: Any) -> int:
