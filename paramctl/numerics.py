@@ -26,11 +26,12 @@ _LOW = math.ldexp(1.0, -LIMIT_EXPONENT)
 
 
 def power_of_two_scale(magnitude: float) -> float:
-    """The power of two just above a finite magnitude (0 for 0): dividing by it is exact and leaves values ≤ 1."""
+    """The power of two at or just below a finite magnitude (0 for 0): dividing by it is exact (only exponents
+    change) and leaves values below 2 in magnitude; one above would overflow for magnitudes beyond 2**1023."""
     if magnitude == 0:
         return 0.0
     _, exponent = math.frexp(magnitude)
-    return math.ldexp(1.0, exponent)
+    return math.ldexp(1.0, exponent - 1)
 
 
 def needs_scaling(magnitude: float) -> bool:
