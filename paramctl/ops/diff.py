@@ -88,8 +88,13 @@ class Comparison:
                 else:
                     result.values_changed.append(change)
         result.only_in_b = [_only_in(name, leaf) for name, (_, leaf) in b.items() if name not in a]
-        if self.options.compare_metadata and self.a.tree.format == self.b.tree.format:
-            result.metadata_changed = _metadata_changes(self.a.tree, self.b.tree)
+        if self.options.compare_metadata:
+            if self.a.tree.format == self.b.tree.format:
+                result.metadata_changed = _metadata_changes(self.a.tree, self.b.tree)
+            else:  # one format's keys mean nothing in another's: say so rather than report every key as changed
+                result.metadata_not_compared = (
+                    f"the files are of different formats ({self.a.tree.format}, {self.b.tree.format})"
+                )
 
     def _match_tensors(self, name: str, a: Tensor, b: Tensor) -> None:
         if a.shape != b.shape or (a.dtype != b.dtype and not self.options.ignore_dtype):
@@ -164,19 +169,24 @@ def _tie_clusters(side: Side) -> dict[str, list[tuple[str, str]]]:
     """Mapped name -> [(mapped partner, relation)] for the names that view exactly the same bytes."""
     clusters: dict[str, list[tuple[str, str]]] = {}
     for group in storage_groups(side.tree):
-        by_anchor: dict[str, list[tuple[str, str]]] = {}
+        by_anchor: dict[str, list[tuple[str, str, Tensor]]] = {}
         for member in group.members:
             anchor = member.partner if member.relation in ALIASES else member.name
             if member.name in side.mapped and anchor is not None:
-                by_anchor.setdefault(anchor, []).append((side.mapped[member.name], member.relation))
+                by_anchor.setdefault(anchor, []).append((side.mapped[member.name], member.relation, member.tensor))
         for members in by_anchor.values():
-            for name, relation in members:
-                clusters[name] = [(other, _relation(relation, to)) for other, to in members if other != name]
+            for name, relation, tensor in members:
+                clusters[name] = [
+                    (other, _relation(relation, to, tensor, view)) for other, to, view in members if other != name
+                ]
     return clusters
 
 
-def _relation(a: str, b: str) -> str:
-    """How two views of one cluster relate, from how each relates to the cluster's anchor."""
+def _relation(a: str, b: str, x: Tensor, y: Tensor) -> str:
+    """How two views of one cluster relate, from how each relates to the cluster's anchor: two views with one
+    layout (two transposes of one anchor) are tied to each other, whatever they are to the anchor."""
+    if (x.shape, x.strides, x.offset, x.dtype) == (y.shape, y.strides, y.offset, y.dtype):
+        return TIED
     kinds = {a, b} - {ANCHOR, TIED}
     return TIED if not kinds else RESHAPED if RESHAPED in kinds else TRANSPOSED
 

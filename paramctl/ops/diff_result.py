@@ -193,6 +193,7 @@ class DiffResult:
     dropped_ties: list[DroppedTie] = field(default_factory=list)
     equal_count: int = 0  # tensors equal on both sides
     nonfinite_a: dict[str, int] | None = None  # with count_nonfinite_a: every compared name of A -> NaN/±Inf count
+    metadata_not_compared: str | None = None  # why metadata was not compared although asked to (else None)
 
     @property
     def different_count(self) -> int:
@@ -226,6 +227,7 @@ class DiffResult:
             "values_unchanged": [x.as_json() for x in self.values_unchanged],
             "metadata_changed": [x.as_json() for x in self.metadata_changed],
             "dropped_ties": [x.as_json() for x in self.dropped_ties],
+            "metadata_not_compared": self.metadata_not_compared,
             "equal_count": self.equal_count,
             "different_count": self.different_count,
         }
