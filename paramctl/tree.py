@@ -170,7 +170,7 @@ class Tensor:
 
     @property
     def nbytes(self) -> int:
-        return self.numel * self.dtype.itemsize
+        return self.dtype.nbytes(self.numel)
 
     @property
     def extent(self) -> tuple[int, int]:
@@ -326,7 +326,7 @@ def layout_problem(tensor: Tensor) -> str | None:
 
     Loaders check every tensor with this before the tree is handed out, so no command ever reads past a storage.
     """
-    end_bytes = tensor.extent[1] * tensor.dtype.itemsize
+    end_bytes = tensor.dtype.nbytes(tensor.extent[1])
     if tensor.numel and end_bytes > tensor.storage.nbytes:
         return (
             f"shape {list(tensor.shape)} with strides {list(tensor.strides)} at offset {tensor.offset} needs "
