@@ -132,3 +132,21 @@ def test_exact_differences_carry():
     assert carry is not None and carry.tolist() == [True, False]
     assert [int(v) + (1 << 64) * c for v, c in zip(low.tolist(), carry.tolist())] == [U64_MAX - I64_MIN, 1]
     assert magnitude.tolist() == [U64_MAX, 2]
+
+
+@pytest.mark.parametrize("int_dtype", [np.int64, np.uint64])
+@pytest.mark.parametrize("float_dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("ints_first", [True, False])
+def test_64_bit_integers_against_floats_are_exact(int_dtype: Any, float_dtype: Any, ints_first: bool):
+    """float64 rounds 2**53 + 1 to 2**53: --ignore-dtype still tells them apart, as exact rationals do."""
+    low = 0 if int_dtype == np.uint64 else I64_MIN
+    high = U64_MAX if int_dtype == np.uint64 else I64_MAX
+    candidates = [2**53, 2**53 + 1, 2**60 + 7, high, high - 1, low, low + 1, 3, 2**63 - 1]
+    ints = np.array([v for v in candidates if low <= v <= high], int_dtype)
+    floats = ints.astype(float_dtype)  # each the nearest float: equal only where the integer is representable
+    a, b = (ints, floats) if ints_first else (floats, ints)
+    stats, equal = compare(a, b)
+    expected = [Fraction(float(f)) != int(i) for i, f in zip(ints.tolist(), floats.tolist())]
+    assert stats.mismatched == sum(expected) and equal == (not any(expected))
+    distances = [abs(Fraction(float(f)) - int(i)) for i, f in zip(ints.tolist(), floats.tolist())]
+    assert stats.max_abs == float(max(distances))

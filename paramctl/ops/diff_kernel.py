@@ -39,6 +39,7 @@ class Spec:
     rtol: float
     nan_equal: bool
     count_nonfinite: bool  # count A's non-finite elements while comparing
+    wide_int_side: int | None = None  # 0 or 1: a 64-bit integer side against a real float one (float64 rounds it)
 
     @staticmethod
     def of(a: Tensor, b: Tensor, options: DiffOptions) -> Spec:
@@ -54,6 +55,7 @@ class Spec:
             rtol=options.rtol,
             nan_equal=options.nan_equal,
             count_nonfinite=options.count_nonfinite_a and a.dtype.kind in "fc",
+            wide_int_side=_wide_int_side(a, b),
         )
 
     def bytes_settle(self, x: np.ndarray, y: np.ndarray) -> bool:
@@ -61,6 +63,42 @@ class Spec:
         if not self.same_dtype or not numerics.bytes_equal(x, y):
             return False
         return self.nan_equal or not self.floating or not np.isnan(x).any()
+
+
+def _wide_int_side(a: Tensor, b: Tensor) -> int | None:
+    """Which side is int64/uint64 when the other is a real float: only those integers float64 cannot hold."""
+    for side, (this, other) in enumerate(((a, b), (b, a))):
+        if this.dtype.kind in "iu" and this.dtype.itemsize == 8 and other.dtype.kind == "f":
+            return side
+    return None
+
+
+def exact_against_float(ints: np.ndarray, floats: np.ndarray, equal: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(equal, |a−b|) corrected where float64 calls a 64-bit integer equal to a float it is not equal to.
+
+    Beyond 2**53 float64 rounds the integer (2**53 + 1 becomes 2**53): those pairs are checked in integer
+    arithmetic against the float's exact integer value. Returns the corrected mask and, for the pairs it turned
+    unequal, their exact distance as float64 (0 elsewhere).
+    """
+    distance = np.zeros(len(ints), np.float64)
+    with np.errstate(invalid="ignore"):
+        suspects = np.flatnonzero(equal & (np.abs(floats.astype(np.float64)) >= 2.0**53))
+    if not len(suspects):
+        return equal, distance
+    value, exact = floats[suspects].astype(np.float64), ints[suspects]
+    limit = 2.0**64 if ints.dtype == np.uint64 else 2.0**63
+    representable = value < limit  # the float is an integer here (≥ 2**53); 2**63 or 2**64 is past the dtype
+    back = np.zeros(len(suspects), ints.dtype)
+    back[representable] = value[representable].astype(ints.dtype)
+    same = representable & (back == exact)
+    equal = equal.copy()
+    equal[suspects] = same
+    # Both are within float64's rounding (≤ 2**10 at this size) of each other: the integer subtraction is exact.
+    with np.errstate(over="ignore"):  # `past` wraps where it is not used
+        below = np.where(exact >= back, exact - back, back - exact)
+        past = (np.iinfo(ints.dtype).max - exact) + 1  # the float is 2**63 (or 2**64): limit − exact, unformed
+    distance[suspects] = np.where(representable, below, past).astype(np.float64)
+    return equal, distance
 
 
 @dataclass
@@ -127,9 +165,14 @@ def _float_block(spec: Spec, x: np.ndarray, y: np.ndarray) -> Partial:
     with np.errstate(all="ignore"):  # infinities and NaN are handled explicitly
         a, b = x.astype(spec.wide), y.astype(spec.wide)
         equal = a == b
+        if spec.wide_int_side is not None:
+            ints, floats = (x, y) if spec.wide_int_side == 0 else (y, x)
+            equal, distance = exact_against_float(ints, floats, equal)
         diff = np.abs(a - b)  # float64 for complex too
         diff[np.isnan(diff)] = np.inf  # inf − inf: two infinities that differ (in some part) are infinitely apart
         diff[equal] = 0.0  # ... and equal ones are not
+        if spec.wide_int_side is not None:
+            np.maximum(diff, distance, out=diff)  # rounded to one float64, unequal pairs show their exact distance
         abs_b = np.abs(b)
         if spec.floating:
             nan_a, nan_b = np.isnan(a), np.isnan(b)
