@@ -87,6 +87,8 @@ def test_max_abs_beyond_int64_is_an_exact_json_integer(tmp_path: Path):
     (row,) = json.loads(result.stdout)["changed"]
     assert row["max_abs"] == U64_MAX - I64_MIN and type(row["max_abs"]) is int
     assert row["mismatched"] == 1 and row["reason"] == "values"
+    human = runner.invoke(app, ["diff", str(pa), str(pb), "--ignore-dtype"])
+    assert human.exit_code == 1 and f" {U64_MAX - I64_MIN} " in human.stdout  # every digit, not 2.76701e+19
 
 
 def test_bool_against_int8_and_narrow_ints():

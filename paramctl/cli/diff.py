@@ -174,9 +174,11 @@ def _name(name: str) -> str:
     return name or "<root>"
 
 
-def _number(value: float | None) -> str:
+def _number(value: float | int | None) -> str:
     if value is None:
         return "-"
+    if isinstance(value, int):  # an integer pair's exact distance: every digit counts (2**53 + 1 is not 2**53)
+        return str(value)
     return f"{value:.6g}"
 
 
