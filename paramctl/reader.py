@@ -21,10 +21,10 @@ from typing import TypeVar, cast
 import numpy as np
 
 from paramctl.dtypes import numpy_dtype
+from paramctl.errors import CorruptFileError
+from paramctl.numerics import CHUNK_BYTES
 from paramctl.storage import checked_data, span, tensor_array
 from paramctl.tree import SequentialData, Tensor
-
-CHUNK_BYTES = 4 << 20  # small enough to stay in cache while several statistics are taken of it
 
 T = TypeVar("T")
 
@@ -129,3 +129,50 @@ def window(tensor: Tensor, offset: int, shape: tuple[int, ...], strides: tuple[i
     if first < 0 or (last + 1) * tensor.dtype.itemsize > tensor.storage.nbytes:
         raise ValueError(f"window [{first}, {last}] lies outside storage {tensor.storage.key!r}")
     return checked_data(tensor).window(tensor, offset, shape, strides)
+
+
+def aligned_tasks(
+    tensors: tuple[Tensor, ...], chunk_elements: int | None, work: Callable[..., T]
+) -> Iterator[Callable[[], T]]:
+    """Tasks for `parallel`, each `work(start, *values)` on the same row-major elements [start, start + n) of every
+    tensor (all of one numel), so `diff` pairs A's chunk with B's and `stat` takes one tensor alone.
+
+    Stored data is read inside each task, on a worker, and its pages dropped after (a strided view's whole extent
+    after its last task). Stream data (a deflated member) can only be read front to back: it is read here, as the
+    tasks are drawn, in pieces cut to align with the other tensors' pieces. `chunk_elements` None: CHUNK_BYTES of
+    the widest dtype, so no side reads more than that per task.
+    """
+    size = chunk_elements or max(1, CHUNK_BYTES // max(t.dtype.itemsize for t in tensors))
+    plans = [plan(t, size) for t in tensors]
+    if all(p is not None for p in plans):
+        count = len(plans[0]) if plans else 0
+        strided = [t for t in tensors if not t.is_contiguous]
+
+        def task(pieces: tuple[Chunk, ...], last: bool) -> T:
+            try:
+                return work(pieces[0].start, *(piece.read() for piece in pieces))
+            finally:
+                for piece in pieces:
+                    piece.release()
+                if last:  # Chunk.release covers contiguous data only
+                    for tensor in strided:
+                        release(tensor)
+
+        for index, pieces in enumerate(zip(*plans)):  # type: ignore[arg-type]
+            yield lambda p=pieces, last=index == count - 1: task(p, last)
+        return
+    streams = [chunks(t, size) for t in tensors]
+    pending = [np.empty(0)] * len(tensors)
+    position, total = 0, tensors[0].numel
+    while position < total:
+        for i, stream in enumerate(streams):
+            if not len(pending[i]):
+                piece = next(stream, None)
+                if piece is None:
+                    raise CorruptFileError(tensors[i].storage.key, f"data ends after {position} elements")
+                pending[i] = piece
+        n = min(len(p) for p in pending)
+        values = tuple(p[:n] for p in pending)
+        pending = [p[n:] for p in pending]
+        yield lambda s=position, v=values: work(s, *v)
+        position += n

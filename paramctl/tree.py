@@ -283,7 +283,7 @@ class Tensor:
 
     @property
     def nbytes(self) -> int:
-        return self.numel * self.dtype.itemsize
+        return self.dtype.nbytes(self.numel)
 
     @property
     def extent(self) -> tuple[int, int]:
@@ -500,7 +500,7 @@ def layout_problem(tensor: Tensor) -> str | None:
         return f"offset {_shown(offset)} is not a non-negative integer"
     if math.prod(max(n, 1) for n in shape) > INT64_MAX:
         return f"shape {list(shape)} has more elements than an array can"
-    end_bytes = tensor.extent[1] * tensor.dtype.itemsize
+    end_bytes = tensor.dtype.nbytes(tensor.extent[1])
     if tensor.numel and end_bytes > storage.nbytes:
         return (
             f"shape {list(shape)} with strides {list(strides)} at offset {offset} needs "

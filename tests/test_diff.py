@@ -29,7 +29,7 @@ from paramctl.cli import app
 from paramctl.cli.diff import parse_operand
 from paramctl.dtypes import from_numpy
 from paramctl.errors import UsageError
-from paramctl.ops import diff as diff_module
+from paramctl.ops import diff_kernel
 from paramctl.ops.diff import Comparison, DiffOptions, diff_trees
 from paramctl.source import ByteSource
 from paramctl.tree import ByteRange, Storage, Stream, Tensor, Tree, Value
@@ -554,7 +554,7 @@ def test_metrics_match_an_exact_reference(case: tuple[np.ndarray, np.ndarray, Di
     a, b, options, transposed, streamed, swap, block = case
     ta = memory_tensor(a, transposed, streamed and not swap)
     tb = memory_tensor(b, not transposed and swap, streamed and swap)
-    with mock.patch.object(diff_module, "BLOCK", block):
+    with mock.patch.object(diff_kernel, "BLOCK", block):
         result = diff_trees(Tree("a", "memory", [(("w",), ta)]), Tree("b", "memory", [(("w",), tb)]), options)
     expected = reference_stats(a, b, options)
     if not result.changed:  # equal: nothing mismatched

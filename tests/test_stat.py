@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import safetensors.numpy
 import safetensors.torch
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -308,6 +309,71 @@ def test_unreadable_dtype_is_reported_not_read():
     row = result.as_json()["tensors"][0]
     assert row["skipped"] and row["min"] is None and row["nan"] is None and row["numel"] == 4
     assert result.unique == 0 and result.totals.numel == 0
+
+
+def _scaled_reference(values: np.ndarray) -> tuple[float, float, float]:
+    """(mean, std, L2) of float64 values without overflow or underflow: NumPy on the values divided by a power of
+    two (exact), scaled back; L2 by math.hypot (which scales internally)."""
+    scale = math.ldexp(1.0, math.frexp(float(np.max(np.abs(values))))[1] - 1)
+    unit = values / scale
+    return float(unit.mean()) * scale, float(unit.std()) * scale, math.hypot(*values.tolist())
+
+
+EXTREMES = {
+    "huge": lambda rng: rng.standard_normal(500) * 1e300,
+    "huge, positive": lambda rng: rng.uniform(1.0, 1.7, 500) * 1e306,  # Σx overflows, the L2 does not
+    "tiny": lambda rng: rng.standard_normal(500) * 1e-300,
+    "subnormal": lambda rng: rng.standard_normal(500) * 1e-310,
+    "mixed magnitudes": lambda rng: np.concatenate([rng.standard_normal(200) * 1e300, rng.standard_normal(300)]),
+    "tiny and zeros": lambda rng: np.concatenate([np.zeros(300), rng.standard_normal(200) * 1e-300]),
+}
+
+
+@pytest.mark.parametrize("case", EXTREMES)
+@pytest.mark.parametrize("chunk_elements", [7, 64, 1 << 19])
+def test_extreme_magnitudes_give_finite_correct_std_and_l2(tmp_path: Path, case: str, chunk_elements: int):
+    values = EXTREMES[case](np.random.default_rng(11))
+    path = tmp_path / "extreme.safetensors"
+    safetensors.numpy.save_file({"x": values}, str(path))
+    mean, std, l2 = _scaled_reference(values)
+    row = stat_tree(paramctl.open(path), chunk_elements=chunk_elements).as_json()["tensors"][0]
+    assert row["std"] is not None and row["l2"] is not None and row["mean"] is not None
+    assert math.isclose(row["std"], std, rel_tol=1e-12)
+    assert math.isclose(row["l2"], l2, rel_tol=1e-12)
+    assert math.isclose(row["mean"], mean, rel_tol=1e-9, abs_tol=std * 1e-12)
+
+
+def test_extreme_merge_matches_exact_rational_variance():
+    """Chunks of 1e300 and 1e-300 values merged: the variance against fractions.Fraction's exact one."""
+    from fractions import Fraction
+
+    rng = np.random.default_rng(5)
+    values = np.concatenate([rng.standard_normal(40) * 1e300, rng.standard_normal(40) * 1e-300, [0.0, 3.0]])
+    parts = [chunk_moments(values[i : i + 9]) for i in range(0, len(values), 9)]
+    merged = stats_module.merge_all(parts)
+    exact = [Fraction(v) for v in values.tolist()]
+    mean = sum(exact) / len(exact)
+    variance = sum((v - mean) ** 2 for v in exact) / len(exact)
+    assert variance > Fraction(1e308)  # float(variance) would overflow: take the root of variance / 4**1000
+    expected_std = math.sqrt(float(variance / 4**1000)) * 2.0**1000
+    assert math.isclose(merged.std, expected_std, rel_tol=1e-12)
+    assert math.isclose(merged.mean, float(mean), rel_tol=1e-9)
+
+
+@pytest.mark.parametrize(
+    ("dtype", "magnitude"),
+    [(torch.float16, 6.0e4), (torch.float16, 6e-8), (torch.bfloat16, 3e38), (torch.bfloat16, 1e-38)],
+)
+def test_narrow_floats_at_their_extremes(tmp_path: Path, dtype: torch.dtype, magnitude: float):
+    generator = torch.Generator().manual_seed(2)
+    tensor = (torch.rand(300, generator=generator, dtype=torch.float64) * 2 - 1).mul(magnitude).to(dtype)
+    path = tmp_path / "narrow.pt"
+    torch.save({"x": tensor}, path)
+    values = tensor.to(torch.float64).numpy()
+    _, std, l2 = _scaled_reference(values)
+    row = stat_tree(paramctl.open(path), chunk_elements=16).as_json()["tensors"][0]
+    assert math.isclose(row["std"], std, rel_tol=1e-12)
+    assert math.isclose(row["l2"], l2, rel_tol=1e-12)
 
 
 def test_merge_is_exact_and_order_independent():

@@ -13,6 +13,7 @@ from paramctl.cli.progress import progress
 from paramctl.cli.render import console, print_json, shape_text, text
 from paramctl.errors import UsageError
 from paramctl.registry import open as open_tree
+from paramctl.remote import is_url
 
 if TYPE_CHECKING:  # the diff itself imports NumPy: only when the command runs, so `ls` stays light
     from paramctl.ops.diff import DiffResult, OnlyIn, TensorDiff
@@ -24,13 +25,18 @@ def parse_operand(operand: str) -> tuple[str, str | None]:
     """`PATH` or `PATH::SUBTREE` as (path, subtree or None).
 
     The last `::` separates the subtree, so a path may contain `::` but a subtree may not. A trailing `::` means
-    the whole file. When both readings name an existing file, the operand is ambiguous and refused.
+    the whole file. When both readings name an existing file, the operand is ambiguous and refused. In a URL the
+    authority is never split: `http://[::1]:8000/m.pt` is an IPv6 host, and only a `::` in the URL's path is a
+    subtree separator.
     """
     if operand.endswith(SUBTREE_SEPARATOR):
         return operand[: -len(SUBTREE_SEPARATOR)], None
-    if SUBTREE_SEPARATOR not in operand:
+    searched_from = _after_authority(operand)
+    if SUBTREE_SEPARATOR not in operand[searched_from:]:
         return operand, None
     path, subtree = operand.rsplit(SUBTREE_SEPARATOR, 1)
+    if is_url(operand):
+        return path, subtree
     if os.path.exists(operand):
         if os.path.exists(path):
             raise UsageError(
@@ -39,6 +45,15 @@ def parse_operand(operand: str) -> tuple[str, str | None]:
             )
         return operand, None
     return path, subtree
+
+
+def _after_authority(operand: str) -> int:
+    """Where a URL's path starts (`scheme://host[:port]` is skipped), or 0 for a local path."""
+    if not is_url(operand):
+        return 0
+    start = operand.index("://") + 3
+    slash = operand.find("/", start)
+    return len(operand) if slash < 0 else slash
 
 
 def parse_rename(rule: str) -> tuple[str, str]:
@@ -159,9 +174,11 @@ def _name(name: str) -> str:
     return name or "<root>"
 
 
-def _number(value: float | None) -> str:
+def _number(value: float | int | None) -> str:
     if value is None:
         return "-"
+    if isinstance(value, int):  # an integer pair's exact distance: every digit counts (2**53 + 1 is not 2**53)
+        return str(value)
     return f"{value:.6g}"
 
 
@@ -191,6 +208,8 @@ def _print_result(result: DiffResult) -> None:
         out.print("\nmetadata changed")
         for meta in result.metadata_changed:
             out.print(text(f"  {meta.key}: {meta.a!r} → {meta.b!r}"))
+    if result.metadata_not_compared:
+        out.print(text(f"\nmetadata not compared: {result.metadata_not_compared}"))
     if result.unchanged:
         out.print("\nequal")
         out.print(_tensor_table(result.unchanged))

@@ -139,7 +139,14 @@ def _leaf(probe: Probe, info: zipfile.ZipInfo, header: dict[str, Any], header_si
     descr, shape = header["descr"], header["shape"]
     resolved = dtypes.from_npy_descr(descr)
     if resolved is None:
-        note = "object array: not read (reading it would need pickle)" if descr == "|O" else "unsupported dtype"
+        pickled, itemsize = _foreign_dtype(probe.name, info.filename, descr)
+        if not pickled and header_size + math.prod(shape) * itemsize > info.file_size:
+            raise CorruptFileError(
+                probe.name,
+                f"member {info.filename!r}: shape {list(shape)} of {short_repr(descr, 60)} needs"
+                f" {math.prod(shape) * itemsize} bytes, the member holds {max(info.file_size - header_size, 0)}",
+            )
+        note = "object array: not read (reading it would need pickle)" if pickled else "unsupported dtype"
         return Opaque(f"numpy.ndarray[{short_repr(descr, 60)}]", f"{note}, shape {list(shape)}")
     dtype, byteorder = resolved
     nbytes = math.prod(shape) * dtype.itemsize
@@ -157,6 +164,23 @@ def _leaf(probe: Probe, info: zipfile.ZipInfo, header: dict[str, Any], header_si
     else:
         data = Stream(lambda: _skip(_open_member(probe, info), header_size), nbytes)
     return Tensor(dtype, tuple(shape), strides, Storage(info.filename, nbytes, data, "cpu", byteorder))
+
+
+def _foreign_dtype(file: str, member: str, descr: Any) -> tuple[bool, int]:
+    """(holds Python objects, itemsize) of a NumPy dtype paramctl does not read (strings, records, datetimes).
+
+    A descr NumPy itself cannot parse is no NumPy file. `descr` is a literal from the header (ast.literal_eval):
+    NumPy parses it as a type description and evaluates nothing. NumPy is imported only here, for such members.
+    """
+    import numpy as np
+
+    try:
+        dtype = np.lib.format.descr_to_dtype(descr)
+    except (TypeError, ValueError, KeyError, IndexError, OverflowError, RecursionError, MemoryError):
+        raise CorruptFileError(
+            file, f"member {member!r}: .npy descr {short_repr(descr, 60)} is not a NumPy dtype"
+        ) from None
+    return bool(dtype.hasobject), int(dtype.itemsize)
 
 
 def _skip(stream: BinaryIO, n: int) -> BinaryIO:

@@ -128,10 +128,15 @@ def _entry(file: str, name: str, entry: Any) -> tuple[dtypes.DType, tuple[int, .
         numel *= n
         if numel > _U64_MAX:
             raise CorruptFileError(file, f"tensor {name}: shape {short_repr(shape)} overflows the element count")
-    if numel * dtype.itemsize * 8 > _U64_MAX:
+    bits = numel * dtype.element_bits
+    if bits > _U64_MAX:
         raise CorruptFileError(file, f"tensor {name}: shape {short_repr(shape)} overflows the byte count")
+    if bits % 8:  # the library refuses a sub-byte tensor that does not end on a byte boundary
+        raise CorruptFileError(
+            file, f"tensor {name}: {numel} {entry['dtype']} elements are {bits} bits, not a whole number of bytes"
+        )
     begin, end = offsets
-    nbytes = numel * dtype.itemsize
+    nbytes = bits // 8
     if end < begin or end - begin != nbytes:
         raise CorruptFileError(
             file, f"tensor {name}: data_offsets [{begin}, {end}] hold {end - begin} bytes, shape {shape} needs {nbytes}"

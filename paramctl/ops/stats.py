@@ -20,29 +20,32 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from paramctl import reader
+from paramctl import numerics, reader
 from paramctl.dtypes import numpy_dtype
 from paramctl.errors import UsageError
+from paramctl.numerics import BLOCK, CHUNK_ELEMENTS
 from paramctl.ops.ties import RESHAPED, TIED, TRANSPOSED, storage_groups
 from paramctl.tree import Path, Tensor, Tree, name_of
 
 T = TypeVar("T")
 HIST_BINS = 16
-# Elements per chunk: a 2 MiB float32 chunk and its 4 MiB float64 work copy stay in cache across the passes, and
-# chunks are still large enough that per-task overhead is small (measured on the 1 GiB benchmark file).
-CHUNK_ELEMENTS = 1 << 19
-HIST_BLOCK = 1 << 15  # elements binned per step: the histogram's temporaries fit in a core's L2
+HIST_BLOCK = BLOCK  # elements binned per step: the histogram's temporaries fit in a core's L2
 Number = int | float  # integer and bool tensors keep exact integer extremes
 
 
 @dataclass(frozen=True)
 class Moments:
-    """Mergeable statistics of a set of values. min/max/mean/m2 describe the `count` finite values only."""
+    """Mergeable statistics of a set of values. min/max/mean/deviations describe the `count` finite values only.
+
+    The sum of squared deviations is kept scaled, m2 = scale²·ssq (numerics' convention), so values near 1e±300
+    give finite std and L2 where a plain m2 would overflow (or underflow to 0).
+    """
 
     numel: int = 0  # every element seen, finite or not
     count: int = 0  # finite elements
     mean: float = 0.0
-    m2: float = 0.0  # sum of squared deviations from the mean
+    scale: float = 0.0  # a power of two within a factor 2 of max |x| (0 when all are 0): the deviations' scale
+    ssq: float = 0.0  # Σ((x − mean)/scale)²
     min: Number = math.inf
     max: Number = -math.inf
     zeros: int = 0
@@ -54,16 +57,20 @@ class Moments:
         """Both sets together (Chan, Golub & LeVeque's update: exact up to rounding, never an average of means)."""
         count = self.count + other.count
         if other.count == 0 or self.count == 0:
-            mean, m2 = (self.mean, self.m2) if other.count == 0 else (other.mean, other.m2)
+            kept = self if other.count == 0 else other
+            mean, scale, ssq = kept.mean, kept.scale, kept.ssq
         else:
-            delta = other.mean - self.mean
-            mean = self.mean + delta * (other.count / count)
-            m2 = self.m2 + other.m2 + delta * delta * (self.count * other.count / count)
+            scale, ssq = numerics.merge_ssq(self.scale, self.ssq, other.scale, other.ssq)
+            # The means lie within ±scale, so their difference over scale is finite even where it would overflow.
+            unit_delta = other.mean / scale - self.mean / scale if scale else 0.0
+            mean = self.mean + (unit_delta * (other.count / count)) * scale
+            ssq += unit_delta * unit_delta * (self.count * other.count / count)
         return Moments(
             numel=self.numel + other.numel,
             count=count,
             mean=mean,
-            m2=m2,
+            scale=scale,
+            ssq=ssq,
             min=min(self.min, other.min),
             max=max(self.max, other.max),
             zeros=self.zeros + other.zeros,
@@ -77,14 +84,25 @@ class Moments:
         return self.nan + self.posinf + self.neginf
 
     @property
+    def m2(self) -> float:
+        """The sum of squared deviations from the mean (may overflow to inf: std and l2 never form it)."""
+        return self.scale * self.scale * self.ssq
+
+    @property
     def std(self) -> float | None:
         """Population standard deviation (ddof=0), as numpy.std and torch.std(correction=0)."""
-        return math.sqrt(self.m2 / self.count) if self.count else None
+        return self.scale * math.sqrt(self.ssq / self.count) if self.count else None
 
     @property
     def l2(self) -> float | None:
-        """sqrt(Σx²) over the finite values: Σx² = m2 + n·mean², a sum of two non-negative terms (no cancellation)."""
-        return math.sqrt(self.m2 + self.count * self.mean * self.mean) if self.count else None
+        """sqrt(Σx²) over the finite values: Σx² = m2 + n·mean², a sum of two non-negative terms (no cancellation),
+        both taken over the larger of the scale and |mean| so neither is formed unscaled."""
+        if not self.count:
+            return None
+        unit = max(self.scale, abs(self.mean))
+        if unit == 0:
+            return 0.0
+        return unit * math.sqrt(self.ssq * (self.scale / unit) ** 2 + self.count * (self.mean / unit) ** 2)
 
     @property
     def absmax(self) -> Number | None:
@@ -157,9 +175,7 @@ def chunk_moments(values: np.ndarray) -> Moments:
             low, high = x.min(), x.max()
         nan = posinf = neginf = 0
         if not (math.isfinite(low) and math.isfinite(high)):
-            nan = int(np.count_nonzero(np.isnan(x)))
-            posinf = int(np.count_nonzero(x == np.inf))
-            neginf = int(np.count_nonzero(x == -np.inf))
+            nan, posinf, neginf = numerics.count_nonfinite(x)
             x = x[np.isfinite(x)]
             owned = False  # a compressed copy: may be float32
             if not x.size:
@@ -167,7 +183,11 @@ def chunk_moments(values: np.ndarray) -> Moments:
             low, high = x.min(), x.max()
         count = x.size
         work = x if owned and x.dtype == np.float64 else _buffer(count)
-        if work is not x:
+        magnitude = max(abs(float(low)), abs(float(high)))
+        scale = numerics.power_of_two_scale(magnitude)
+        if numerics.needs_scaling(magnitude):  # rare: values near 1e±300, whose squares leave float64
+            np.divide(x, scale, out=work)  # exact: a power of two
+        elif work is not x:
             np.copyto(work, x)
         # Two passes over a chunk that is still in cache: the mean, then squared deviations from it (no cancellation
         # as in Σx² − n·mean²). einsum sums with several SIMD accumulators: fast, and well within 1e-12 relative.
@@ -175,7 +195,11 @@ def chunk_moments(values: np.ndarray) -> Moments:
         np.subtract(work, mean, out=work)
         np.multiply(work, work, out=work)
         m2 = float(np.einsum("i->", work))
-    return Moments(n, count, mean, m2, _scalar(low), _scalar(high), zeros, nan, posinf, neginf)
+        if numerics.needs_scaling(magnitude):
+            mean, ssq = mean * scale, m2
+        else:
+            ssq = m2 / (scale * scale) if scale else 0.0
+    return Moments(n, count, mean, scale, ssq, _scalar(low), _scalar(high), zeros, nan, posinf, neginf)
 
 
 def _scalar(value: Any) -> Number:
@@ -241,30 +265,6 @@ def _bin_block(x: np.ndarray, low: float, high: float, edges: np.ndarray) -> np.
 # --------------------------------------------------------------------------- whole tensors, on the pool
 
 
-def _chunk_task(piece: reader.Chunk, work: Callable[[np.ndarray], T]) -> Callable[[], T]:
-    def run() -> T:
-        try:
-            return work(piece.read())
-        finally:
-            piece.release()
-
-    return run
-
-
-def _stream_task(
-    tensor: Tensor, chunk_elements: int, work: Callable[[np.ndarray], T], fold: Callable[[T, T], T], empty: T
-) -> Callable[[], T]:
-    """Data that can only be read front to back (a deflated npz member): one task reads it all, in chunks."""
-
-    def run() -> T:
-        result = empty
-        for values in reader.chunks(tensor, chunk_elements):
-            result = fold(result, work(values))
-        return result
-
-    return run
-
-
 def _run(
     units: list[tuple[str, Tensor]],
     work: Callable[[str, np.ndarray], T],
@@ -276,28 +276,18 @@ def _run(
     """`work` on every chunk of every unit on the thread pool, folded per unit in row-major order as results come
     (so nothing is kept per chunk: memory does not grow with the tensor)."""
     results = {key: empty for key, _ in units}
-    # (key, nbytes, a strided tensor whose pages to drop once done) of each task handed to the pool, in order
-    pending: deque[tuple[str, int, Tensor | None]] = deque()
+    pending: deque[str] = deque()  # the key of each task handed to the pool, in order
 
-    def tasks() -> Iterator[Callable[[], T]]:
+    def tasks() -> Iterator[Callable[[], tuple[T, int]]]:
         for key, tensor in units:
-            per_chunk = _bind(work, key)
-            tensor = _in_storage_order(tensor)
-            pieces = reader.plan(tensor, chunk_elements)
-            if pieces is None:
-                pending.append((key, tensor.nbytes, None))
-                yield _stream_task(tensor, chunk_elements, per_chunk, fold, empty)
-                continue
-            for index, piece in enumerate(pieces):
-                last = index == len(pieces) - 1 and not tensor.is_contiguous  # Chunk.release covers the others
-                pending.append((key, (piece.stop - piece.start) * tensor.dtype.itemsize, tensor if last else None))
-                yield _chunk_task(piece, per_chunk)
+            per_chunk = _bind(work, key, tensor.dtype.itemsize)
+            for task in reader.aligned_tasks((_in_storage_order(tensor),), chunk_elements, per_chunk):
+                pending.append(key)
+                yield task
 
-    for result in reader.parallel(tasks()):
-        key, nbytes, done = pending.popleft()
+    for result, nbytes in reader.parallel(tasks()):
+        key = pending.popleft()
         results[key] = fold(results[key], result)
-        if done is not None:  # results come in order: every chunk of this tensor is processed
-            reader.release(done)
         advance(nbytes)
     return results
 
@@ -322,8 +312,8 @@ def _moments_of(key: str, values: np.ndarray) -> Moments:
     return chunk_moments(values)  # looked up at call time, so tests can count the values read
 
 
-def _bind(work: Callable[[str, np.ndarray], T], key: str) -> Callable[[np.ndarray], T]:
-    return lambda values: work(key, values)
+def _bind(work: Callable[[str, np.ndarray], T], key: str, itemsize: int) -> Callable[[int, np.ndarray], tuple[T, int]]:
+    return lambda start, values: (work(key, values), len(values) * itemsize)
 
 
 # --------------------------------------------------------------------------- the command's result
