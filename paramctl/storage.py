@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from paramctl.dtypes import numpy_dtype
 from paramctl.errors import CorruptFileError, FileError
-from paramctl.tree import Block, Blocks, ByteRange, Pieces, StorageData, Stream, Tensor
+
+if TYPE_CHECKING:  # the kinds live in tree.py, which imports this module on first read: names for annotations only
+    from paramctl.tree import Block, Blocks, ByteRange, Pieces, StorageData, Stream, Tensor
 
 READ_BYTES = 4 << 20  # how much of a stream is decompressed at a time when skipping or selecting
 
