@@ -1,4 +1,4 @@
-"""Issue 6's guarantees, case by case, on the hostile corpus written by tests/hostile.py.
+"""The hostile-file guarantees, case by case, on the corpus written by tests/hostile.py.
 
 1. Nothing from a file is executed: every malicious pickle leaves its marker uncreated (and the same payloads,
    given to pickle / torch.load(weights_only=False) / numpy.load(allow_pickle=True), do create theirs).

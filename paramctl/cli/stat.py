@@ -80,7 +80,7 @@ def stat_command(
         from paramctl.ops.check import FINITE_RULES
 
         return run_configured_rules(FINITE_RULES, "finite", json)
-    if files:  # added for the pre-commit hook (issue 7), which passes any number of files
+    if files:  # a pre-commit hook passes any number of files
         return _stat_files([path, *(names or [])], depth, hist, check_finite, format, json)
     tree = open_tree(path, format)
     stats = stat_tree(tree, names, depth=depth, hist=hist, progress=partial(progress, description="stat"))
