@@ -47,6 +47,9 @@ class StorageData(Protocol):
     def release(self, view: Tensor, first: int, stop: int) -> None:
         """Drop the memory pages under storage elements [first, stop) once they are processed (may do nothing)."""
 
+    # Optional: `problem(nbytes, itemsize) -> str | None` says why the data cannot hold a storage of `nbytes` bytes
+    # (elements of `itemsize`); registry.open asks it of every storage before any read (tree.storage_problem).
+
 
 class SequentialData(StorageData, Protocol):
     """A storage kind whose `sequential` is True also says how to read it in one front-to-back pass."""
@@ -84,6 +87,14 @@ class ByteRange:
         itemsize = view.dtype.itemsize
         self.source.release(self.offset + first * itemsize, (stop - first) * itemsize)
 
+    def problem(self, nbytes: int, itemsize: int) -> str | None:
+        """The range must lie inside its source and hold the storage's bytes."""
+        offset, size = self.offset, getattr(self.source, "size", None)
+        sound = type(offset) is type(self.nbytes) is int and offset >= 0 and nbytes <= self.nbytes <= INT64_MAX
+        if sound and (type(size) is not int or offset + self.nbytes <= size):  # the common case, in one chain
+            return None
+        return _range_problem(self, nbytes)
+
 
 @dataclass(frozen=True)
 class Stream:
@@ -107,6 +118,10 @@ class Stream:
 
     def stream(self, view: Tensor, size: int) -> Iterator[Any]:
         return _reads().stream_chunks(self, view, size)
+
+    def problem(self, nbytes: int, itemsize: int) -> str | None:
+        """The stream must be at least as long as the storage."""
+        return None if _is_size(self.nbytes) and self.nbytes >= nbytes else _short(self.nbytes, nbytes, "its stream")
 
 
 @dataclass(frozen=True)
@@ -138,6 +153,13 @@ class Pieces:
             if low < high:
                 piece.source.release(piece.offset + low - position, high - low)
             position += piece.nbytes
+
+    def problem(self, nbytes: int, itemsize: int) -> str | None:
+        """Every piece must lie inside its source, and together they must hold the storage's bytes."""
+        for piece in self.ranges:
+            if not isinstance(piece, ByteRange) or (problem := _range_problem(piece, piece.nbytes)):
+                return f"a piece of its data: {problem or 'not a ByteRange'}"
+        return _short(self.nbytes, nbytes, "its pieces")
 
 
 class Block:
@@ -206,6 +228,17 @@ class Blocks:
     def release(self, view: Tensor, first: int, stop: int) -> None:
         """Drops pages in the loaded blocks only: releasing never loads a block."""
         _reads().blocks_release(self, first, stop)
+
+    def problem(self, nbytes: int, itemsize: int) -> str | None:
+        """The blocks must tile the array exactly once (checked without loading one), and the array must fill the
+        storage."""
+        if not isinstance(self.blocks, (tuple, list)):
+            return f"its blocks {_shown(self.blocks)} are not a tuple of blocks"
+        if not isinstance(self.shape, tuple) or not all(_is_size(n) for n in self.shape):
+            return f"its blocks' array has shape {_shown(self.shape)}, not a tuple of sizes"
+        if problem := blocks_problem(self.shape, self.blocks):
+            return problem
+        return _short(math.prod(self.shape) * itemsize, nbytes, f"its blocks' array {list(self.shape)}")
 
 
 def blocks_problem(shape: tuple[int, ...], blocks: tuple[Block, ...] | list[Block], noun: str = "block") -> str | None:
@@ -535,39 +568,11 @@ def _layout_fits(tensor: Tensor) -> bool:
 
 
 def storage_problem(storage: Storage, itemsize: int) -> str | None:
-    """Why a storage's data cannot hold `storage.nbytes` bytes (elements of `itemsize` for Blocks), or None.
-
-    A byte range must lie inside its source, a stream and a concatenation of pieces must be at least as long as the
-    storage, and Blocks must tile their array exactly once; data of a kind paramctl does not know (a plugin's own)
-    is left to the reader, as is a storage without data (never read)."""
-    data = storage.data
-    if type(data) is ByteRange:  # the common case first, in one comparison chain
-        offset, nbytes, size = data.offset, data.nbytes, getattr(data.source, "size", None)
-        sound = type(offset) is type(nbytes) is int and offset >= 0 and storage.nbytes <= nbytes <= INT64_MAX
-        if sound and (type(size) is not int or offset + nbytes <= size):
-            return None
-    if isinstance(data, ByteRange):
-        return _range_problem(data, storage.nbytes)
-    if isinstance(data, Pieces):
-        for piece in data.ranges:
-            if not isinstance(piece, ByteRange) or (problem := _range_problem(piece, piece.nbytes)):
-                return f"a piece of its data: {problem or 'not a ByteRange'}"
-        return _short(data.nbytes, storage.nbytes, "its pieces")
-    if isinstance(data, Stream):
-        return (
-            None
-            if _is_size(data.nbytes) and data.nbytes >= storage.nbytes
-            else _short(data.nbytes, storage.nbytes, "its stream")
-        )
-    if isinstance(data, Blocks):
-        if not isinstance(data.blocks, (tuple, list)):
-            return f"its blocks {_shown(data.blocks)} are not a tuple of blocks"
-        if not isinstance(data.shape, tuple) or not all(_is_size(n) for n in data.shape):
-            return f"its blocks' array has shape {_shown(data.shape)}, not a tuple of sizes"
-        if problem := blocks_problem(data.shape, data.blocks):
-            return problem
-        return _short(math.prod(data.shape) * itemsize, storage.nbytes, f"its blocks' array {list(data.shape)}")
-    return None
+    """Why a storage's data cannot hold `storage.nbytes` bytes (elements of `itemsize` for Blocks), or None: the
+    data kind's own `problem`. A kind without one (a plugin's) is left to the reader, as is a storage without
+    data (never read)."""
+    check = getattr(storage.data, "problem", None)
+    return None if check is None else check(storage.nbytes, itemsize)
 
 
 def tree_problem(tree: Tree) -> tuple[str, str] | None:
