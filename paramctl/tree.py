@@ -8,6 +8,7 @@ rebuild. Tensors point into storages; tensors that point into the same storage s
 from __future__ import annotations
 
 import math
+import reprlib
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -602,9 +603,24 @@ def _is_size(value: Any) -> bool:
     return type(value) is int and 0 <= value <= INT64_MAX
 
 
+_SHORT = reprlib.Repr()
+_SHORT.maxlevel, _SHORT.maxtuple, _SHORT.maxlist, _SHORT.maxdict = 3, 6, 6, 4
+_SHORT.maxset = _SHORT.maxfrozenset = 6
+_SHORT.maxstring = _SHORT.maxother = _SHORT.maxlong = 60
+
+
+def short_repr(value: Any, limit: int = 100) -> str:
+    """A bounded repr for error messages: a pickle-made value can be huge or share itself a billion times over,
+    and `f"{value!r:.80}"` would build the whole repr before cutting it."""
+    try:
+        text = _SHORT.repr(value)
+    except (RecursionError, MemoryError, ValueError):  # pragma: no cover - reprlib bounds the depth already
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def _shown(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
+    return short_repr(value, 80)
 
 
 def _range_problem(data: ByteRange, nbytes: int) -> str | None:

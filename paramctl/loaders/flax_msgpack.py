@@ -24,7 +24,6 @@ from typing import Any
 
 from paramctl import dtypes
 from paramctl.errors import CorruptFileError
-from paramctl.pickles import short_repr
 from paramctl.probe import Probe
 from paramctl.tree import (
     MAX_DEPTH,
@@ -38,6 +37,7 @@ from paramctl.tree import (
     contiguous_strides,
     flatten,
     name_of,
+    short_repr,
     split_key,
 )
 

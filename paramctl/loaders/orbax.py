@@ -24,7 +24,6 @@ from typing import Any
 from paramctl import dtypes, paths
 from paramctl.dtypes import DType
 from paramctl.errors import CorruptFileError, FileError, UsageError
-from paramctl.pickles import short_repr
 from paramctl.tree import (
     MAX_DEPTH,
     OpaqueObject,
@@ -35,6 +34,7 @@ from paramctl.tree import (
     Tree,
     contiguous_strides,
     flatten,
+    short_repr,
 )
 
 METADATA = "_METADATA"

@@ -12,9 +12,8 @@ from typing import Any
 
 from paramctl import dtypes
 from paramctl.errors import CorruptFileError
-from paramctl.pickles import short_repr
 from paramctl.probe import Probe
-from paramctl.tree import ByteRange, Storage, Tensor, Tree, contiguous_strides, split_key
+from paramctl.tree import ByteRange, Storage, Tensor, Tree, contiguous_strides, short_repr, split_key
 
 MAX_HEADER_SIZE = 100_000_000  # the library's limit
 

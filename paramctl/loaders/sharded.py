@@ -33,9 +33,8 @@ from typing import Any
 
 from paramctl import folders, paths
 from paramctl.errors import CorruptFileError, FileError
-from paramctl.pickles import short_repr
 from paramctl.probe import Probe
-from paramctl.tree import Leaf, Path, Tensor, Tree, name_of
+from paramctl.tree import Leaf, Path, Tensor, Tree, name_of, short_repr
 
 MAX_INDEX_SIZE = 64 << 20  # the index of a 400B-parameter model is ~100 KiB
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 import codecs
 import math
 import pickletools
-import reprlib
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,7 +27,7 @@ from typing import Any
 
 from paramctl import dtypes
 from paramctl.dtypes import DType
-from paramctl.tree import MAX_DEPTH, OpaqueObject, Storage, Tensor, split_key
+from paramctl.tree import MAX_DEPTH, OpaqueObject, Storage, Tensor, short_repr, split_key
 
 INT64_MAX = (1 << 63) - 1  # torch sizes, strides and offsets are int64: anything larger is a lie
 
@@ -105,22 +104,6 @@ class Built(OpaqueObject):
 
     def __repr__(self) -> str:  # error messages name what the pickle built, never a memory address
         return f"<{_shown(self.origin, self.calls + 1)}>"
-
-
-_SHORT = reprlib.Repr()
-_SHORT.maxlevel, _SHORT.maxtuple, _SHORT.maxlist, _SHORT.maxdict = 3, 6, 6, 4
-_SHORT.maxset = _SHORT.maxfrozenset = 6
-_SHORT.maxstring = _SHORT.maxother = _SHORT.maxlong = 60
-
-
-def short_repr(value: Any, limit: int = 100) -> str:
-    """A bounded repr for error messages: a pickle-made value can be huge or share itself a billion times over,
-    and `f"{value!r:.80}"` would build the whole repr before cutting it."""
-    try:
-        text = _SHORT.repr(value)
-    except (RecursionError, MemoryError, ValueError):  # pragma: no cover - reprlib bounds the depth already
-        text = f"<{type(value).__name__}>"
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 @dataclass(frozen=True)
