@@ -659,6 +659,8 @@ def corrupt_npz(c: Corpus) -> None:
     case("npz_shape_negative", npy({**f8, "shape": (-1,)}, b""), "not a tuple of sizes")
     case("npz_fortran_not_bool", npy({**f8, "fortran_order": 1}, bytes(16)), "fortran_order")
     case("npz_header_truncated", npy(f8, bytes(16))[:20], "truncated .npy header")
+    case("npz_descr_not_numpy", npy({**f8, "descr": "<q17"}, bytes(16)), "'<q17' is not a NumPy dtype")
+    case("npz_foreign_dtype_short", npy({**f8, "descr": "<U8"}, bytes(16)), "needs 64 bytes, the member holds 16")
     huge = b"\x93NUMPY\x02\x00" + (2**31).to_bytes(4, "little") + b"{}"
     case("npz_header_too_long", huge, "is too long")
     path = case("npz_deflate_ratio_lie", npy(f8, bytes(16)), "more than deflate can produce", zipfile.ZIP_DEFLATED)
