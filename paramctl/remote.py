@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, unquote, urljoin, urlsplit, urlunsplit
 
-from paramctl import folders
+from paramctl import folders, paths
 from paramctl.errors import CorruptFileError, FileError, ParamctlError
 from paramctl.probe import Probe
 from paramctl.source import ByteSource, FileSource
@@ -121,9 +121,8 @@ def scrub(text: str) -> str:
 
 def sibling(url: str, name: str) -> str:
     """The URL of the file `name` next to the file at `url` (a shard beside its index), keeping credentials and
-    the query (a token); `name` must be a relative path below that folder (no `..`, no scheme, not absolute)."""
-    segments = name.replace("\\", "/").split("/")
-    if not name or is_url(name) or name.startswith(("/", "\\")) or any(s in ("", ".", "..") for s in segments):
+    the query (a token); `name` must pass the rule every folder loader applies (paramctl/paths.py)."""
+    if paths.key_problem(name) is not None:
         raise CorruptFileError(redact(url), f"names {name!r}, which is not a file in the same folder")
     root = url.index("://") + 3
     head, query = url, ""

@@ -146,7 +146,7 @@ def _no_constant(name: str) -> Any:
 
 def shard_location(probe: Probe, shard: str) -> str:
     """Where a shard named by the index lives: beside the index. Names that would leave its folder are refused
-    (paramctl/paths.py); a remote index's sibling URLs are checked by the same rules in paramctl/remote.py."""
+    (paramctl/paths.py); a remote index's sibling URLs go through the same check in paramctl/remote.py."""
     sibling = getattr(probe.source, "sibling", None)  # a remote index: the shard's URL (paramctl/remote.py)
     if sibling is not None:
         return str(sibling(shard))
