@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import io
 import struct
-import threading
 import zipfile
 import zlib
 from functools import cached_property
 from typing import BinaryIO
 
 from paramctl.errors import CorruptFileError
-from paramctl.source import ByteSource
+from paramctl.source import ByteSource, SliceSource
 
 HEAD_SIZE = 4096
 _ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")  # a first local header, or the end record of an empty archive
@@ -129,11 +128,19 @@ class Probe:
         self.check_entry(info)
         return self.member_data_offset(info)
 
-    def stored_member(self, info: zipfile.ZipInfo) -> MemberSource:
+    def stored_member(self, info: zipfile.ZipInfo) -> SliceSource:
         """A stored member's bytes as a source of their own, checked against the directory now and against its
-        local header on first read."""
+        local header on first read (never when the archive is listed)."""
         self.check_entry(info)
-        return MemberSource(self, info)
+        return SliceSource(self.source, lambda: self._located(info), info.file_size, self.name)
+
+    def _located(self, info: zipfile.ZipInfo) -> int:
+        """`member_data_offset`; over HTTP the local header is fetched alone (with room for torch's 64-byte
+        alignment padding), not in a 64 KiB block."""
+        prefetch = getattr(self.source, "prefetch", None)
+        if prefetch is not None:
+            prefetch([(info.header_offset, 30 + len(info.orig_filename.encode()) + len(info.extra) + 128)])
+        return self.member_data_offset(info)
 
     def open_member(self, info: zipfile.ZipInfo) -> BinaryIO:
         """A stream of a member's bytes (inflated as read, in bounded steps); damage surfaces as CorruptFileError."""
@@ -159,43 +166,6 @@ class Probe:
                 self.name, f"zip member {info.filename!r} holds {len(data)} bytes, not {info.file_size}"
             )
         return data
-
-
-class MemberSource(ByteSource):
-    """A stored zip member seen as a file of its own. Where its bytes start is learnt from its local header on the
-    first read (validated there, a CorruptFileError if it disagrees with the directory), never when the archive is
-    listed; reads and page releases then go to the archive's source. Over HTTP the header is fetched alone (with
-    room for torch's 64-byte alignment padding), not in a 64 KiB block."""
-
-    def __init__(self, probe: Probe, info: zipfile.ZipInfo) -> None:
-        self.parent, self.name, self.size = probe.source, probe.name, info.file_size
-        self.bytes_read = 0  # bytes handed out through `view` (the local header is not counted)
-        self._probe, self._info = probe, info
-        self._start: int | None = None
-        self._lock = threading.Lock()  # reader threads may make the first read of one member at once
-
-    def _offset(self) -> int:
-        with self._lock:
-            if self._start is None:
-                prefetch = getattr(self.parent, "prefetch", None)  # a remote source: fetch just the header
-                if prefetch is not None:
-                    info = self._info
-                    prefetch([(info.header_offset, 30 + len(info.orig_filename.encode()) + len(info.extra) + 128)])
-                self._start = self._probe.member_data_offset(self._info)
-            return self._start
-
-    def view(self, offset: int, length: int) -> memoryview:
-        self.check_range(offset, length, f"a read of zip member {self._info.filename!r}")
-        start = self._offset()
-        with self._lock:
-            self.bytes_read += length
-        return self.parent.view(start + offset, length)
-
-    def release(self, offset: int, length: int) -> None:
-        if self._start is not None:
-            start, end = max(offset, 0), min(offset + length, self.size)
-            if end > start:
-                self.parent.release(self._start + start, end - start)
 
 
 class _GuardedStream(io.RawIOBase):

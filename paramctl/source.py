@@ -12,6 +12,7 @@ import mmap
 import os
 import stat
 import threading
+from collections.abc import Callable
 from typing import BinaryIO
 
 from paramctl.errors import CorruptFileError, FileError
@@ -102,22 +103,43 @@ class FileSource(ByteSource):
 
 class SliceSource(ByteSource):
     """Bytes [offset, offset+length) of another source, seen as a file of their own: a record embedded in a larger
-    file (a chunk's torch.save archive inside a distributed checkpoint's rank file). Reads and page releases go to
-    the parent; nothing is copied."""
+    file (a chunk's torch.save archive inside a distributed checkpoint's rank file, a stored zip member). Reads and
+    page releases go to the parent; nothing is copied.
 
-    def __init__(self, parent: ByteSource, offset: int, length: int) -> None:
-        parent.check_range(offset, length, "an embedded record")
-        self.parent, self.offset, self.size = parent, offset, length
-        self.name = f"{parent.name} (bytes {offset}-{offset + length})"
+    `offset` may be a function that finds it, called on the first read: a zip member's bytes start after its local
+    header, which listing an archive must not fetch (over HTTP, one request per tensor)."""
+
+    def __init__(
+        self, parent: ByteSource, offset: int | Callable[[], int], length: int, name: str | None = None
+    ) -> None:
+        self._find = offset if callable(offset) else None
+        self._offset = None if callable(offset) else offset
+        if self._offset is not None:
+            parent.check_range(self._offset, length, "an embedded record")
+        self.parent, self.size = parent, length
+        self.name = name or f"{parent.name} (bytes {offset}-{offset + length})"
+        self.bytes_read = 0  # bytes handed out through `view`, as FileSource counts them
+        self._lock = threading.Lock()  # reader threads may make the first read at once
+
+    @property
+    def offset(self) -> int:
+        with self._lock:
+            if self._offset is None:
+                assert self._find is not None
+                self._offset = self._find()
+            return self._offset
 
     def view(self, offset: int, length: int) -> memoryview:
         self.check_range(offset, length, "a read")
-        return self.parent.view(self.offset + offset, length)
+        start = self.offset
+        with self._lock:
+            self.bytes_read += length
+        return self.parent.view(start + offset, length)
 
     def release(self, offset: int, length: int) -> None:
         start, end = max(offset, 0), min(offset + length, self.size)
-        if end > start:
-            self.parent.release(self.offset + start, end - start)
+        if end > start and self._offset is not None:  # nothing read yet: nothing to drop
+            self.parent.release(self._offset + start, end - start)
 
 
 class _SourceReader(io.RawIOBase):
