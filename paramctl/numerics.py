@@ -50,11 +50,6 @@ def merge_ssq(s1: float, q1: float, s2: float, q2: float) -> tuple[float, float]
     return scale, (q1 * (s1 / scale) ** 2 if s1 else 0.0) + (q2 * (s2 / scale) ** 2 if s2 else 0.0)
 
 
-def scaled_sqrt(scale: float, ssq: float) -> float:
-    """sqrt(scale²·ssq) without forming scale²."""
-    return scale * math.sqrt(ssq) if scale else 0.0
-
-
 def real_parts(values: np.ndarray) -> np.ndarray:
     """A complex array as its interleaved real and imaginary parts (a real array is itself)."""
     return values.view(np.float64) if values.dtype.kind == "c" else values

@@ -29,11 +29,6 @@ from paramctl.tree import SequentialData, Tensor
 T = TypeVar("T")
 
 
-def storage_array(tensor: Tensor) -> np.ndarray:
-    """The whole storage as a flat array of the tensor's dtype (a view for stored data; read fully for streams)."""
-    return checked_data(tensor).whole(tensor)
-
-
 def array(tensor: Tensor) -> np.ndarray:
     """The tensor's values with its shape (read-only; nothing is read until the values are touched)."""
     return tensor_array(tensor)
