@@ -29,7 +29,6 @@ from paramctl.tree import Path, Tensor, Tree, name_of
 
 T = TypeVar("T")
 HIST_BINS = 16
-HIST_BLOCK = BLOCK  # elements binned per step: the histogram's temporaries fit in a core's L2
 Number = int | float  # integer and bool tensors keep exact integer extremes
 
 
@@ -228,8 +227,8 @@ def chunk_histogram(values: np.ndarray, low: float, high: float, all_finite: boo
         if not np.all(edges[:-1] < edges[1:]):
             where = np.floor((x - low) * (HIST_BINS / (high - low))).clip(0, HIST_BINS - 1).astype(np.intp)
             return np.bincount(where, minlength=HIST_BINS)
-        for start in range(0, x.size, HIST_BLOCK):
-            counts += _bin_block(x[start : start + HIST_BLOCK], low, high, edges)
+        for start in range(0, x.size, BLOCK):
+            counts += _bin_block(x[start : start + BLOCK], low, high, edges)
     return counts
 
 
@@ -239,10 +238,10 @@ def _bin_block(x: np.ndarray, low: float, high: float, edges: np.ndarray) -> np.
     buffers = getattr(_scratch, "hist", None)
     if buffers is None:
         buffers = _scratch.hist = (
-            np.empty(HIST_BLOCK, np.float64),
-            np.empty(HIST_BLOCK, np.intp),
-            np.empty(HIST_BLOCK, np.bool_),
-            np.empty(HIST_BLOCK, np.bool_),
+            np.empty(BLOCK, np.float64),
+            np.empty(BLOCK, np.intp),
+            np.empty(BLOCK, np.bool_),
+            np.empty(BLOCK, np.bool_),
         )
     n = x.size
     scaled, where, flag, other = (b[:n] for b in buffers)
